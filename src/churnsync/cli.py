@@ -9,11 +9,10 @@ import json
 import os
 import sys
 import tempfile
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -32,7 +31,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
+# Piped output (cron logs, CI) is not cut at 80 columns.
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 ConfigOption = Annotated[
@@ -62,9 +62,7 @@ def _parse_date(value: datetime | None) -> date | None:
 
 @app.command()
 def init(
-    path: Annotated[Path, typer.Argument(help="Where to write the starter configuration.")] = Path(
-        DEFAULT_CONFIG_NAME
-    ),
+    path: Annotated[Path, typer.Argument(help="Where to write the starter configuration.")] = Path(DEFAULT_CONFIG_NAME),
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a commented starter churnsync.toml."""
@@ -104,7 +102,10 @@ def _render_run(report: RunReport) -> None:
     load = report.load
     table = Table(title=f"Prediction run {report.prediction_run_id} as of {report.as_of}", show_header=False)
     table.add_row("events read", f"{load.rows_read:,} from {len(load.files)} file(s)")
-    table.add_row("events rejected", f"{load.rows_rejected:,}" + (f" → {load.rejects_path}" if load.rejects_path else ""))
+    table.add_row(
+        "events rejected",
+        f"{load.rows_rejected:,}" + (f" → {load.rejects_path}" if load.rejects_path else ""),
+    )
     table.add_row("events used", f"{load.rows_loaded:,}")
     table.add_row("customers scored", f"{report.write.customers_scored:,}")
     table.add_row("new / changed", f"{report.write.customers_new:,} / {report.write.customers_changed:,}")
@@ -144,7 +145,8 @@ def run(
 @app.command()
 def demo(
     out: Annotated[
-        Path | None, typer.Option("--out", help="Folder for the demo's files (default: a new temporary folder).")
+        Path | None,
+        typer.Option("--out", help="Folder for the demo's files (default: a new temporary folder)."),
     ] = None,
     customers: Annotated[int, typer.Option("--customers", min=100, help="Customers to generate.")] = 20_000,
     days: Annotated[int, typer.Option("--days", min=60, help="Days of behaviour.")] = 365,
@@ -155,9 +157,7 @@ def demo(
 
     folder = out or Path(tempfile.mkdtemp(prefix="churnsync-demo-"))
     with console.status("demo…") as status:
-        result = run_demo(
-            folder, customers=customers, days=days, seed=seed, on_stage=lambda s: status.update(s + "…")
-        )
+        result = run_demo(folder, customers=customers, days=days, seed=seed, on_stage=lambda s: status.update(s + "…"))
     _render_demo(result)
     if not result.verified:
         raise typer.Exit(1)
@@ -178,7 +178,11 @@ def _render_demo(result: DemoResult) -> None:
         ("events used", f"{first.load.rows_loaded:,}", f"{second.load.rows_loaded:,}"),
         ("customers scored", f"{first.write.customers_scored:,}", f"{second.write.customers_scored:,}"),
         ("customers changed", f"{first.write.customers_changed:,}", f"{second.write.customers_changed:,}"),
-        ("high churn risk", f"{first.risk_counts.get('high', 0):,}", f"{second.risk_counts.get('high', 0):,}"),
+        (
+            "high churn risk",
+            f"{first.risk_counts.get('high', 0):,}",
+            f"{second.risk_counts.get('high', 0):,}",
+        ),
         ("customers sent", f"{s1.sent:,}", f"{s2.sent:,}"),
         ("accepted / failed", f"{s1.accepted:,} / {s1.failed:,}", f"{s2.accepted:,} / {s2.failed:,}"),
         ("data points billed", f"{s1.data_points:,}", f"{s2.data_points:,}"),
@@ -206,7 +210,8 @@ def emulator(
     port: Annotated[int, typer.Option("--port", help="Port to listen on (0 = a free one).")] = 8787,
     host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
     api_key: Annotated[
-        str, typer.Option("--api-key", envvar="CHURNSYNC_EMULATOR_KEY", help="The REST key the emulator accepts.")
+        str,
+        typer.Option("--api-key", envvar="CHURNSYNC_EMULATOR_KEY", help="The REST key the emulator accepts."),
     ] = "emulator-key",
     rate_limit: Annotated[int, typer.Option("--rate-limit", help="Requests allowed per window.")] = 3000,
     rate_window: Annotated[float, typer.Option("--rate-window", help="Rate-limit window in seconds.")] = 3.0,
@@ -225,8 +230,14 @@ def emulator(
         latency_seconds=latency,
         create_unknown_users=create_unknown,
     )
-    err.print(f"Braze emulator on http://{host}:{port} (POST /users/track; GET /_emulator/stats). Ctrl-C stops.")
-    serve_forever(cfg, host=host, port=port)
+
+    def ready(url: str) -> None:
+        err.print(f"Braze emulator on {url} (POST /users/track; GET /_emulator/stats). Ctrl-C stops.")
+
+    try:
+        serve_forever(cfg, host=host, port=port, on_ready=ready)
+    except KeyboardInterrupt:
+        err.print("emulator stopped")
 
 
 @app.command()
@@ -248,8 +259,18 @@ def runs(
     if as_json:
         console.print_json(json.dumps({"prediction_runs": predictions, "sync_runs": syncs}, default=str))
         return
-    _print_rows("Prediction runs", predictions)
-    _print_rows("Sync runs", syncs)
+    _print_rows(
+        "Prediction runs",
+        _with_duration(predictions),
+        ["id", "status", "as_of", "started_at", "seconds", "model_version", "customers_scored", "customers_changed",
+         "values_changed"],
+    )  # fmt: skip
+    _print_rows(
+        "Sync runs",
+        _with_duration(syncs),
+        ["id", "destination", "prediction_run_id", "status", "started_at", "seconds", "selected", "sent", "accepted",
+         "failed", "data_points", "requests", "retries", "error"],
+    )  # fmt: skip
 
 
 @app.command()
@@ -259,7 +280,7 @@ def history(
     as_json: JsonOption = False,
 ) -> None:
     """Show every change of one customer's attributes and when each destination acknowledged it."""
-    from dataclasses import asdict, is_dataclass
+    from dataclasses import asdict
 
     from churnsync.store.store import AttributeStore
 
@@ -269,45 +290,58 @@ def history(
         entries = store.history(customer_id)
     finally:
         store.close()
-    rows = [asdict(e) if is_dataclass(e) and not isinstance(e, type) else dict(e) for e in entries]
+    rows = [asdict(e) for e in entries]
     if as_json:
         console.print_json(json.dumps(rows, default=str))
         return
     if not rows:
         err.print(f"No history for customer {customer_id!r}.")
         raise typer.Exit(1)
+    for row in rows:
+        del row["customer_id"]
+        acks = row.pop("acknowledged")
+        row["acknowledged"] = ", ".join(f"{dest} {at:%Y-%m-%d %H:%M:%S}" for dest, at in sorted(acks.items()))
     _print_rows(f"History of {customer_id}", rows)
 
 
-def _print_rows(title: str, rows: list[dict[str, Any]]) -> None:
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return f"{value:%Y-%m-%d %H:%M:%S}"
+    return str(value)
+
+
+def _print_rows(title: str, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
     if not rows:
         console.print(f"{title}: none yet.")
         return
     table = Table(title=title)
-    columns = [k for k in rows[0] if not isinstance(rows[0][k], dict | list)]
+    columns = columns or [k for k in rows[0] if not isinstance(rows[0][k], dict | list)]
     for col in columns:
         table.add_column(col)
     for row in rows:
-        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+        table.add_row(*(_cell(row.get(c)) for c in columns))
     console.print(table)
+
+
+def _with_duration(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for row in rows:
+        start, end = row.get("started_at"), row.get("finished_at")
+        row["seconds"] = f"{(end - start).total_seconds():.1f}" if start and end else ""
+        if isinstance(row.get("as_of"), datetime):
+            # Stored as the cut (the end of the as-of day); show the day users asked for.
+            row["as_of"] = (row["as_of"] - timedelta(microseconds=1)).date()
+    return rows
 
 
 def main() -> None:
     """Entry point: run the app; a ChurnsyncError becomes one line on stderr and its exit code."""
     try:
-        # Outside standalone mode click returns the code of a typer.Exit instead of exiting.
-        result = app(standalone_mode=False)
+        app()  # standalone: usage errors and typer.Exit end the process with their own codes
     except ChurnsyncError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        err.print("aborted")
-        sys.exit(130)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
@@ -322,8 +356,6 @@ def main() -> None:
             soft_wrap=True,
         )
         sys.exit(1)
-    if isinstance(result, int):
-        sys.exit(result)
 
 
 if __name__ == "__main__":

@@ -169,7 +169,10 @@ def _resolve_relative(settings: Settings, base: Path) -> Settings:
         return p if Path(p).is_absolute() else str(base / p)
 
     data = settings.data.model_copy(
-        update={"paths": [rel(p) for p in settings.data.paths], "rejects_path": rel(settings.data.rejects_path)}
+        update={
+            "paths": [rel(p) for p in settings.data.paths],
+            "rejects_path": rel(settings.data.rejects_path),
+        }
     )
     store = settings.store
     prefix = "sqlite:///"
@@ -196,9 +199,7 @@ def load_settings(path: Path | None) -> Settings:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: configuration file not found", remedy="Create one with `churnsync init`"
-        ) from None
+        raise ConfigError(f"{path}: configuration file not found", remedy="Create one with `churnsync init`") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot be read ({exc})", remedy="Check the file's permissions") from None
     try:

@@ -107,12 +107,9 @@ def run_demo(
     start = end - timedelta(days=days)
     say(f"generating {customers:,} customers over {days} days")
     sample = generate_sample(folder / "data", customers=customers, days=days, seed=seed, start=start)
-    ids = [
-        str(row[0])
-        for row in duckdb.sql(
-            "SELECT customer_id FROM read_csv(?, all_varchar=true)", params=[str(sample.truth_path)]
-        ).fetchall()
-    ]
+    with duckdb.connect() as con:
+        rows = con.execute("SELECT customer_id FROM read_csv(?, all_varchar=true)", [str(sample.truth_path)]).fetchall()
+    ids = [str(row[0]) for row in rows]
 
     api_key = secrets.token_urlsafe(24)
     with serve_in_thread(EmulatorConfig(api_key=api_key, known_external_ids=frozenset(ids))) as emulator:

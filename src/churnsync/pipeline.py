@@ -89,10 +89,16 @@ def predict_and_store(
         table, model, _rfm = fit_and_score(con, cut, prediction)
     finally:
         con.close()
-    version = model_version(model)
+    version = model_version(model, prediction)
     run_id = store.start_prediction_run(
-        as_of=cut, horizon_days=prediction.horizon_days, model_version=version,
-        details={"model": model.to_dict(), "rows_loaded": load.rows_loaded, "rows_rejected": load.rows_rejected},
+        as_of=cut,
+        horizon_days=prediction.horizon_days,
+        model_version=version,
+        details={
+            "model": model.to_dict(),
+            "rows_loaded": load.rows_loaded,
+            "rows_rejected": load.rows_rejected,
+        },
     )
     try:
         write = store.write_predictions(run_id, table, settings.attributes)

@@ -1,0 +1,5 @@
+"""``python -m churnsync``: the command line."""
+
+from churnsync.cli import main
+
+main()

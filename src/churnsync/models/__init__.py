@@ -1,0 +1,6 @@
+"""Customer-base and churn models (one estimator per module) and per-customer scoring."""
+
+from churnsync.models.bgnbd import BetaGeoModel, BetaGeoParams
+from churnsync.models.scoring import fit_and_score, model_version, score_customers
+
+__all__ = ["BetaGeoModel", "BetaGeoParams", "fit_and_score", "model_version", "score_customers"]

@@ -1,0 +1,218 @@
+"""The attribute store's tables, as SQLAlchemy Core metadata (migration 0001 creates exactly these).
+
+Values are stored long-format, one row per (customer, attribute), in two typed columns: ``num_value``
+(double) and ``text_value`` (text); at most one is set, and both null means "no value". Two columns
+rather than one text or JSON column, because tolerance needs arithmetic in SQL on both engines, numbers
+must come back as the same float that was written (a text round trip could change them), and text
+(tiers, ISO times) must compare exactly as text. A missing row and a row with both columns null mean
+the same thing: the customer has no value for that attribute.
+
+::
+
+    prediction_runs ─┬─< attribute_values     current value per (customer, attribute)
+                     └─< attribute_history    every change: old → new, run, changed_at
+    sync_runs ───────┬─< sync_batches         journal: one row per acknowledged request
+                     ├─< sync_failures        one row per object the destination refused
+                     ├─< destination_state    what each destination last acknowledged per (customer, attribute)
+                     └─< destination_acks     append-only log of every acknowledged value (for history)
+
+A history row is valid from its ``changed_at`` until the next change of the same (customer, attribute).
+
+The four high-volume tables (current values, history, destination state, acks) carry run ids without
+foreign keys: on PostgreSQL the per-row constraint triggers took ~40 % of a bulk write. The store checks
+the run before it writes (a prediction run must be ``running``; a sync run must exist and belong to the
+destination), and it is their only writer.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+#: Run states shared by prediction and sync runs.
+RUN_STATUSES = ("running", "succeeded", "failed", "partial")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every engine.
+
+    PostgreSQL keeps ``timestamp with time zone``; SQLite keeps an ISO string without an offset (always
+    UTC, so strings sort and compare in time order). Values come back aware, in UTC. A naive value
+    given to the store is taken as UTC.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # a raw SQLite string from an aggregate such as min()
+            value = datetime.fromisoformat(value)
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def key_type(length: int = 255) -> sa.types.TypeEngine[str]:
+    """A short identifier column: bytewise ("C") collation on PostgreSQL, as SQLite's default BINARY.
+
+    The same order on both engines (``select_changes`` orders by customer id), and faster comparisons on
+    PostgreSQL than a linguistic collation.
+    """
+    return sa.String(length).with_variant(sa.String(length, collation="C"), "postgresql")
+
+
+def id_type() -> sa.types.TypeEngine[int]:
+    """A 64-bit surrogate key on PostgreSQL; SQLite's INTEGER PRIMARY KEY (the rowid) is already 64-bit."""
+    return sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def _status_check() -> sa.CheckConstraint:
+    allowed = ", ".join(f"'{s}'" for s in RUN_STATUSES)
+    return sa.CheckConstraint(f"status IN ({allowed})", name="status")
+
+
+prediction_runs = sa.Table(
+    "prediction_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("started_at", UtcDateTime, nullable=False),
+    sa.Column("finished_at", UtcDateTime, nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("as_of", UtcDateTime, nullable=False),
+    sa.Column("horizon_days", sa.Integer, nullable=False),
+    sa.Column("model_version", sa.String(200), nullable=False),
+    sa.Column("customers_scored", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("customers_new", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("customers_changed", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("values_changed", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("details", sa.JSON, nullable=True),
+    sa.Column("summary", sa.JSON, nullable=True),
+    _status_check(),
+)
+
+attribute_values = sa.Table(
+    "attribute_values",
+    metadata,
+    sa.Column("customer_id", key_type(), nullable=False),
+    sa.Column("attribute", key_type(), nullable=False),
+    sa.Column("num_value", sa.Double, nullable=True),
+    sa.Column("text_value", sa.Text, nullable=True),
+    sa.Column("prediction_run_id", sa.Integer, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.PrimaryKeyConstraint("customer_id", "attribute"),
+    sa.CheckConstraint("num_value IS NULL OR text_value IS NULL", name="one_value"),
+    # Clustered on (customer_id, attribute): lookups and the ordered scan of select_changes read in place.
+    sqlite_with_rowid=False,
+)
+
+attribute_history = sa.Table(
+    "attribute_history",
+    metadata,
+    sa.Column("id", id_type(), primary_key=True, autoincrement=True),
+    sa.Column("customer_id", key_type(), nullable=False),
+    sa.Column("attribute", key_type(), nullable=False),
+    sa.Column("old_num", sa.Double, nullable=True),
+    sa.Column("old_text", sa.Text, nullable=True),
+    sa.Column("new_num", sa.Double, nullable=True),
+    sa.Column("new_text", sa.Text, nullable=True),
+    sa.Column("prediction_run_id", sa.Integer, nullable=False),
+    sa.Column("changed_at", UtcDateTime, nullable=False),
+    sa.Index(None, "customer_id", "attribute", "changed_at"),
+)
+
+sync_runs = sa.Table(
+    "sync_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("destination", key_type(100), nullable=False),
+    sa.Column("prediction_run_id", sa.Integer, sa.ForeignKey("prediction_runs.id"), nullable=True),
+    sa.Column("started_at", UtcDateTime, nullable=False),
+    sa.Column("finished_at", UtcDateTime, nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("selected", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("sent", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("accepted", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("failed", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("data_points", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("requests", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("retries", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("rate_limited", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("error", sa.Text, nullable=True),
+    _status_check(),
+    sa.Index(None, "destination", "id"),
+)
+
+sync_batches = sa.Table(
+    "sync_batches",
+    metadata,
+    sa.Column("id", id_type(), primary_key=True, autoincrement=True),
+    sa.Column("sync_run_id", sa.Integer, sa.ForeignKey("sync_runs.id"), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("http_status", sa.Integer, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("accepted", sa.Integer, nullable=False),
+    sa.Column("failed", sa.Integer, nullable=False),
+    sa.Column("data_points", sa.Integer, nullable=False),
+    sa.Column("acknowledged_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("sync_run_id", "seq"),
+)
+
+sync_failures = sa.Table(
+    "sync_failures",
+    metadata,
+    sa.Column("id", id_type(), primary_key=True, autoincrement=True),
+    sa.Column("sync_run_id", sa.Integer, sa.ForeignKey("sync_runs.id"), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("customer_id", key_type(), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Index(None, "sync_run_id"),
+)
+
+destination_state = sa.Table(
+    "destination_state",
+    metadata,
+    sa.Column("destination", key_type(100), nullable=False),
+    sa.Column("customer_id", key_type(), nullable=False),
+    sa.Column("attribute", key_type(), nullable=False),
+    sa.Column("num_value", sa.Double, nullable=True),
+    sa.Column("text_value", sa.Text, nullable=True),
+    sa.Column("sync_run_id", sa.Integer, nullable=False),
+    sa.Column("acknowledged_at", UtcDateTime, nullable=False),
+    sa.PrimaryKeyConstraint("destination", "customer_id", "attribute"),
+    sa.CheckConstraint("num_value IS NULL OR text_value IS NULL", name="one_value"),
+    sqlite_with_rowid=False,
+)
+
+destination_acks = sa.Table(
+    "destination_acks",
+    metadata,
+    sa.Column("id", id_type(), primary_key=True, autoincrement=True),
+    sa.Column("sync_run_id", sa.Integer, nullable=False),
+    sa.Column("destination", key_type(100), nullable=False),
+    sa.Column("customer_id", key_type(), nullable=False),
+    sa.Column("attribute", key_type(), nullable=False),
+    sa.Column("num_value", sa.Double, nullable=True),
+    sa.Column("text_value", sa.Text, nullable=True),
+    sa.Column("acknowledged_at", UtcDateTime, nullable=False),
+    sa.Index(None, "customer_id", "attribute", "acknowledged_at"),
+)
