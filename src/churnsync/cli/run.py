@@ -1,63 +1,22 @@
-"""The ``churnsync`` command line: a thin layer that renders library results and turns errors into exit codes.
-
-Heavy imports (DuckDB, numpy, the store, the sync) happen inside commands, so ``--help`` answers at once.
-"""
+"""Commands that do the job: init, generate, run, demo, emulator."""
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 import tempfile
-from datetime import date, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from churnsync.config import DEFAULT_CONFIG_NAME, STARTER_CONFIG, Settings, find_config, load_settings
-from churnsync.errors import ChurnsyncError, ConfigError
+from churnsync.cli._app import AsOfOption, ConfigOption, app, console, err, load_config, parse_date
+from churnsync.config import DEFAULT_CONFIG_NAME, STARTER_CONFIG
+from churnsync.errors import ConfigError
 
 if TYPE_CHECKING:
     from churnsync.demo import DemoResult
     from churnsync.pipeline import RunReport
-
-app = typer.Typer(
-    name="churnsync",
-    help="Churn and value predictions for Braze: read behaviour, predict, keep history, sync only what changed.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-# Piped output (cron logs, CI) is not cut at 80 columns.
-console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        envvar="CHURNSYNC_CONFIG",
-        help=f"Configuration file (default: ./{DEFAULT_CONFIG_NAME} if present, else built-in defaults).",
-        show_default=False,
-    ),
-]
-AsOfOption = Annotated[
-    datetime | None,
-    typer.Option("--as-of", formats=["%Y-%m-%d"], help="Score as of this date (UTC): later events are ignored."),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-def _settings(config: Path | None) -> Settings:
-    return load_settings(find_config(config))
-
-
-def _parse_date(value: datetime | None) -> date | None:
-    return value.date() if value is not None else None
 
 
 @app.command()
@@ -134,9 +93,9 @@ def run(
     """Read behaviour, predict, store, and sync the changes to every destination."""
     from churnsync.pipeline import run_pipeline
 
-    settings = _settings(config)
+    settings = load_config(config)
     with console.status("running…"):
-        report = run_pipeline(settings, as_of=_parse_date(as_of), sync=not no_sync)
+        report = run_pipeline(settings, as_of=parse_date(as_of), sync=not no_sync)
     _render_run(report)
     if not report.ok:
         raise typer.Exit(3)
@@ -238,125 +197,3 @@ def emulator(
         serve_forever(cfg, host=host, port=port, on_ready=ready)
     except KeyboardInterrupt:
         err.print("emulator stopped")
-
-
-@app.command()
-def runs(
-    config: ConfigOption = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="How many of each.")] = 20,
-    as_json: JsonOption = False,
-) -> None:
-    """List recent prediction runs and sync runs."""
-    from churnsync.store.store import AttributeStore
-
-    settings = _settings(config)
-    store = AttributeStore.open(settings.store.resolved_url())
-    try:
-        predictions = store.prediction_runs(limit=limit)
-        syncs = store.sync_runs(limit=limit)
-    finally:
-        store.close()
-    if as_json:
-        console.print_json(json.dumps({"prediction_runs": predictions, "sync_runs": syncs}, default=str))
-        return
-    _print_rows(
-        "Prediction runs",
-        _with_duration(predictions),
-        ["id", "status", "as_of", "started_at", "seconds", "model_version", "customers_scored", "customers_changed",
-         "values_changed"],
-    )  # fmt: skip
-    _print_rows(
-        "Sync runs",
-        _with_duration(syncs),
-        ["id", "destination", "prediction_run_id", "status", "started_at", "seconds", "selected", "sent", "accepted",
-         "failed", "data_points", "requests", "retries", "error"],
-    )  # fmt: skip
-
-
-@app.command()
-def history(
-    customer_id: Annotated[str, typer.Argument(help="The customer's id.")],
-    config: ConfigOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Show every change of one customer's attributes and when each destination acknowledged it."""
-    from dataclasses import asdict
-
-    from churnsync.store.store import AttributeStore
-
-    settings = _settings(config)
-    store = AttributeStore.open(settings.store.resolved_url())
-    try:
-        entries = store.history(customer_id)
-    finally:
-        store.close()
-    rows = [asdict(e) for e in entries]
-    if as_json:
-        console.print_json(json.dumps(rows, default=str))
-        return
-    if not rows:
-        err.print(f"No history for customer {customer_id!r}.")
-        raise typer.Exit(1)
-    for row in rows:
-        del row["customer_id"]
-        acks = row.pop("acknowledged")
-        row["acknowledged"] = ", ".join(f"{dest} {at:%Y-%m-%d %H:%M:%S}" for dest, at in sorted(acks.items()))
-    _print_rows(f"History of {customer_id}", rows)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return f"{value:%Y-%m-%d %H:%M:%S}"
-    return str(value)
-
-
-def _print_rows(title: str, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
-    if not rows:
-        console.print(f"{title}: none yet.")
-        return
-    table = Table(title=title)
-    columns = columns or [k for k in rows[0] if not isinstance(rows[0][k], dict | list)]
-    for col in columns:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*(_cell(row.get(c)) for c in columns))
-    console.print(table)
-
-
-def _with_duration(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    for row in rows:
-        start, end = row.get("started_at"), row.get("finished_at")
-        row["seconds"] = f"{(end - start).total_seconds():.1f}" if start and end else ""
-        if isinstance(row.get("as_of"), datetime):
-            # Stored as the cut (the end of the as-of day); show the day users asked for.
-            row["as_of"] = (row["as_of"] - timedelta(microseconds=1)).date()
-    return rows
-
-
-def main() -> None:
-    """Entry point: run the app; a ChurnsyncError becomes one line on stderr and its exit code."""
-    try:
-        app()  # standalone: usage errors and typer.Exit end the process with their own codes
-    except ChurnsyncError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
-    except Exception as exc:
-        if os.environ.get("CHURNSYNC_DEBUG"):
-            raise
-        err.print(
-            f"internal error: {type(exc).__name__}: {exc}. This is a bug in churnsync: rerun with "
-            "CHURNSYNC_DEBUG=1 for the traceback and report it",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

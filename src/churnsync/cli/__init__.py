@@ -1,0 +1,12 @@
+"""The ``churnsync`` command line: a thin layer that renders library results and turns errors into exit codes.
+
+One module per noun registers its commands on the shared Typer ``app`` (``_app.py``). Heavy imports (DuckDB, numpy,
+the store, the sync) happen inside commands, so ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+from churnsync.cli import run, store  # noqa: F401  (registers the commands)
+from churnsync.cli._app import app, main
+
+__all__ = ["app", "main"]
