@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/churnsync demo
+	rm -rf demo-output
+	$(BIN)/churnsync demo --out demo-output
 
 test: lint typecheck pytest
 

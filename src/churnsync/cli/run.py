@@ -160,8 +160,11 @@ def _render_demo(result: DemoResult) -> None:
         f"{ok if result.profile_mismatches == 0 else bad} emulator profiles equal the store's acknowledged state "
         f"for all {result.profiles_checked:,} customers ({result.profile_mismatches} differ)"
     )
-    console.print(f"Files: {result.folder}  (config {result.config_path.name}, store {result.store_url})")
-    console.print(f"Next: churnsync --help; churnsync runs --config {result.config_path}")
+    console.print(
+        f"Files in {result.folder}: {result.config_path.name}, the store churnsync.db, "
+        f"events in {result.events_path.relative_to(result.folder)}"
+    )
+    console.print(f"Next: .venv/bin/churnsync runs --config {result.config_path}")
 
 
 @app.command()
