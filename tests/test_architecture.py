@@ -7,7 +7,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "churnsync"
 STAGES = ("events", "features", "models", "store", "sync")
-UPPER = ("churnsync.cli", "churnsync.pipeline", "churnsync.demo", "churnsync.web", "churnsync.schedule")
+UPPER = ("churnsync.cli", "churnsync.pipeline", "churnsync.demo", "churnsync.web", "churnsync.schedule", "churnsync.ops")
 LEAVES = ("config.py", "errors.py", "records.py")
 
 
@@ -30,6 +30,11 @@ def test_stages_never_import_upper_layers() -> None:
                 if module.startswith(UPPER):
                     offenders.append(f"{path.relative_to(SRC)} imports {module}")
     assert not offenders, offenders
+
+
+def test_store_never_imports_sync() -> None:
+    for path in (SRC / "store").rglob("*.py"):
+        assert not any(m.startswith("churnsync.sync") for m in imported_modules(path)), path
 
 
 def test_leaves_import_no_other_churnsync_module() -> None:

@@ -51,6 +51,8 @@ class PredictionSettings(_Strict):
     qualifying_events: list[str] = Field(default_factory=lambda: ["purchase"], min_length=1)
     risk_cut_points: tuple[float, float] = (0.50, 0.75)
     as_of: date | None = None
+    clv_horizon_days: int = Field(365, ge=1, le=3650)
+    annual_discount_rate: float = Field(0.10, ge=0.0, lt=10.0)
 
     @model_validator(mode="after")
     def _ordered_cuts(self) -> PredictionSettings:
@@ -61,17 +63,23 @@ class PredictionSettings(_Strict):
 
 
 class AttributeRule(_Strict):
-    """How a published number is rounded, and how far it must move to count as a change."""
+    """How a published value is rounded, and how far it must move to count as a change (docs/configuration.md)."""
 
     round: int | None = Field(None, ge=0, le=12)
     abs_tolerance: float = Field(0.0, ge=0.0)
+    # -- issue 4: relative tolerance, day granularity for times, coupling to other attributes
+    rel_tolerance: float = Field(0.0, ge=0.0)
+    granularity: Literal["day"] | None = None
+    unless_changed: list[str] = Field(default_factory=list)
 
 
 def _default_rules() -> dict[str, AttributeRule]:
     return {
-        "churn_probability": AttributeRule(round=2, abs_tolerance=0.02),
+        "churn_probability": AttributeRule(round=2, abs_tolerance=0.02, unless_changed=["churn_risk"]),
         "p_alive": AttributeRule(round=2, abs_tolerance=0.02),
         "expected_purchases": AttributeRule(round=2, abs_tolerance=0.05),
+        # issue 3: CLV drifts a little every day; a move under 5 % is not worth a data point
+        "clv": AttributeRule(round=2, rel_tolerance=0.05),
     }
 
 
@@ -95,6 +103,7 @@ class StoreSettings(_Strict):
 
     url: str = "sqlite:///churnsync.db"
     url_env: str = "CHURNSYNC_STORE_URL"
+    history_retention_days: int | None = Field(None, ge=1)
 
     def resolved_url(self) -> str:
         """The URL from ``url_env`` when that variable is set (it may hold a password), else ``url``."""
@@ -118,6 +127,21 @@ class BrazeDestination(_Strict):
     rate_limit_requests: int = Field(3000, ge=1)
     rate_limit_window_seconds: float = Field(3.0, gt=0)
     rate_share: float = Field(1.0, gt=0, le=1)
+    # -- issue 4: customers no longer scored (keep or null out), and the age after which predictions are nulled
+    mode: Literal["upsert", "mirror"] = "upsert"
+    ttl_days: int | None = Field(None, ge=1)
+    # -- issue 5: mapping, identifier, filter, budget, quarantine (see docs/configuration.md)
+    identifier: Literal["external_id", "user_alias", "email"] = "external_id"
+    alias_label: str = Field("churnsync", min_length=1)
+    attributes_include: list[str] = Field(default_factory=list)
+    attributes_exclude: list[str] = Field(default_factory=list)
+    attribute_rename: dict[str, str] = Field(default_factory=dict)
+    customer_id_prefixes: list[str] = Field(default_factory=list)
+    max_data_points_per_run: int | None = Field(None, ge=0)
+    max_data_points_per_month: int | None = Field(None, ge=0)
+    budget_policy: Literal["prioritise", "stop"] = "prioritise"
+    priority_attributes: list[str] = Field(default_factory=lambda: ["churn_risk"])
+    quarantine_after_runs: int = Field(3, ge=1)
 
     def api_key(self, name: str) -> str:
         """The REST API key, read from the environment variable ``api_key_env``."""
@@ -130,6 +154,84 @@ class BrazeDestination(_Strict):
         return key
 
 
+class ScheduleSettings(_Strict):
+    """When ``churnsync schedule`` runs the pipeline (see docs/operations.md)."""
+
+    cadence: Literal["daily", "weekly", "cron"] = "daily"
+    at: str = Field("06:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    day: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"] = "monday"
+    cron: str | None = None
+    timezone: str = "UTC"
+    retrain_every_days: int = Field(14, ge=1, le=366)
+    catch_up: bool = True
+    state_path: str = "churnsync-schedule.json"
+
+    @model_validator(mode="after")
+    def _known_zone_and_cron(self) -> ScheduleSettings:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {self.timezone!r} (use an IANA name such as Europe/Berlin)") from None
+        if self.cadence == "cron" and not (self.cron or "").strip():
+            raise ValueError("cadence 'cron' needs a cron expression in schedule.cron")
+        return self
+
+
+class ObservabilitySettings(_Strict):
+    """Logs, metrics and alerts of unattended runs (see docs/operations.md)."""
+
+    log_json: bool = False
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    metrics_textfile: str | None = None
+    webhook_url_env: str = "CHURNSYNC_WEBHOOK_URL"
+    alert_failed_share: float = Field(0.01, ge=0.0, le=1.0)
+
+
+# -- issue 3 part B: the machine-learned churn model, its registry and its quality gate
+class SegmentRule(_Strict):
+    """One predictive segment: a customer is in the first rule (in order) whose every given bound holds."""
+
+    name: str = Field(min_length=1)
+    min_churn: float | None = Field(None, ge=0.0, le=1.0)
+    max_churn: float | None = Field(None, ge=0.0, le=1.0)
+    min_value_quantile: float | None = Field(None, ge=0.0, le=1.0)
+    max_value_quantile: float | None = Field(None, ge=0.0, le=1.0)
+    max_tenure_days: float | None = Field(None, ge=0.0)
+
+
+def _default_segments() -> list[SegmentRule]:
+    return [
+        SegmentRule(name="new", max_tenure_days=30),
+        SegmentRule(name="champion", max_churn=0.5, min_value_quantile=0.5),
+        SegmentRule(name="at_risk_high_value", min_churn=0.5, min_value_quantile=0.5),
+        SegmentRule(name="promising", max_churn=0.5),
+        SegmentRule(name="hibernating", min_churn=0.75),
+        SegmentRule(name="at_risk", min_churn=0.0),
+    ]
+
+
+class ModelSettings(_Strict):
+    """How churn is scored: the learned model (trained on stacked cuts) or BG/NBD alone; registry and gate."""
+
+    kind: Literal["ml", "bgnbd"] = "ml"
+    registry_path: str = "churnsync-models"
+    training_cuts: int = Field(4, ge=3, le=52)
+    cut_spacing_days: int | None = Field(None, ge=1, le=365)
+    label_days: int | None = Field(None, ge=1, le=365)
+    max_training_rows: int = Field(200_000, ge=1000)
+    n_estimators: int = Field(100, ge=1, le=5000)
+    num_threads: int = Field(1, ge=1, le=256)
+    exact_drivers: bool = False
+    publish_next_purchase_date: bool = False
+    gate_min_auc: float = Field(0.60, ge=0.0, le=1.0)
+    gate_min_lift_quality: float = Field(0.10, ge=-1.0, le=1.0)
+    gate_max_auc_drop: float = Field(0.02, ge=0.0, le=1.0)
+    segments: list[SegmentRule] = Field(default_factory=_default_segments)
+
+
 class Settings(_Strict):
     """All of churnsync's settings."""
 
@@ -138,6 +240,9 @@ class Settings(_Strict):
     attributes: AttributeSettings = Field(default_factory=AttributeSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     destinations: dict[str, Annotated[BrazeDestination, Field()]] = Field(default_factory=dict)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:
@@ -178,7 +283,14 @@ def _resolve_relative(settings: Settings, base: Path) -> Settings:
     prefix = "sqlite:///"
     if store.url.startswith(prefix) and not store.url.startswith(prefix + "/") and ":memory:" not in store.url:
         store = store.model_copy(update={"url": prefix + rel(store.url[len(prefix) :])})
-    return settings.model_copy(update={"data": data, "store": store})
+    schedule = settings.schedule.model_copy(update={"state_path": rel(settings.schedule.state_path)})
+    settings = settings.model_copy(
+        update={"model": settings.model.model_copy(update={"registry_path": rel(settings.model.registry_path)})}
+    )
+    observe = settings.observability
+    if observe.metrics_textfile:
+        observe = observe.model_copy(update={"metrics_textfile": rel(observe.metrics_textfile)})
+    return settings.model_copy(update={"data": data, "store": store, "schedule": schedule, "observability": observe})
 
 
 def find_config(explicit: Path | None = None) -> Path | None:
@@ -236,6 +348,7 @@ risk_cut_points = [0.50, 0.75]   # low < 0.50 <= medium < 0.75 <= high, as Braze
 [attributes.rules.churn_probability]
 round = 2
 abs_tolerance = 0.02             # a move smaller than this is not a change (and is not billed)
+unless_changed = ["churn_risk"]  # ...unless the risk tier changed in the same run
 
 [store]
 url = "sqlite:///churnsync.db"   # or postgresql+psycopg://user@host/db

@@ -14,6 +14,7 @@ ends its message with a remedy, so the CLI can print ``str(error)`` as one actio
     │   ├── NotFittedError               predicting before fitting
     │   └── ConvergenceError             maximum likelihood did not converge
     ├── StoreError                       the attribute store cannot be opened, migrated or written
+    │   └── StoreLockedError             another run holds the store's run lock
     └── SyncError                        pushing to a destination failed
         ├── TransientSyncError           worth retrying: 429, 5xx, timeouts, dropped connections
         │   └── RateLimitedError         429; carries the seconds to wait
@@ -91,6 +92,24 @@ class ConvergenceError(ModelError):
 
 class StoreError(ChurnsyncError):
     """The attribute store cannot be opened, migrated or written."""
+
+
+class StoreLockedError(StoreError):
+    """Another run holds the store's run lock; ``holder`` describes it (owner, host, pid, acquired_at)."""
+
+    def __init__(self, store: str, holder: dict[str, object] | None) -> None:
+        self.holder = holder
+        if holder is None:
+            who = "another run (its description is not written yet)"
+        else:
+            since = holder.get("acquired_at")
+            since_text = since.isoformat() if hasattr(since, "isoformat") else str(since)
+            where = f"host {holder.get('host')}, pid {holder.get('pid')}, since {since_text}"
+            who = f"run '{holder.get('owner')}' ({where})"
+        super().__init__(
+            f"store {store} is locked by {who}",
+            remedy="Wait for that run to finish, or run `churnsync store unlock` if its process is gone",
+        )
 
 
 class SyncError(ChurnsyncError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,6 +42,42 @@ AsOfOption = Annotated[
     typer.Option("--as-of", formats=["%Y-%m-%d"], help="Score as of this date (UTC): later events are ignored."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+@dataclass
+class GlobalOptions:
+    """What the global options asked for, read by commands that log or draw progress."""
+
+    quiet: bool = False
+    log_json: bool = False
+
+
+options = GlobalOptions()
+
+
+@app.callback()
+def global_options(
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", envvar="CHURNSYNC_QUIET", help="Print only warnings and errors (for cron)."),
+    ] = False,
+    log_json: Annotated[
+        bool,
+        typer.Option("--log-json", envvar="CHURNSYNC_LOG_JSON", help="Log one JSON object per line on stderr."),
+    ] = False,
+    no_color: Annotated[
+        # NO_COLOR (any value) is honoured by rich itself; no envvar here, since click would reject "yes, please".
+        bool, typer.Option("--no-color", help="No colours (off anyway when not a terminal, or with NO_COLOR set).")
+    ] = False,
+) -> None:
+    """Options for every command; they go before the command: `churnsync --quiet run`."""
+    from churnsync.ops.logs import configure_logging
+
+    console.quiet = quiet
+    if no_color:
+        console.no_color = err.no_color = True
+    options.quiet, options.log_json = quiet, log_json
+    configure_logging(json_lines=log_json, quiet=quiet)
 
 
 def load_config(config: Path | None) -> Settings:

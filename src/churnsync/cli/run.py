@@ -69,6 +69,8 @@ def _render_run(report: RunReport) -> None:
     table.add_row("customers scored", f"{report.write.customers_scored:,}")
     table.add_row("new / changed", f"{report.write.customers_new:,} / {report.write.customers_changed:,}")
     table.add_row("model", report.model_version)
+    for message in report.model_messages:  # issue 3: training, quality gate, fallback to BG/NBD
+        table.add_row("churn model", message)
     tiers = ", ".join(f"{k} {v:,}" for k, v in sorted(report.risk_counts.items()))
     table.add_row("churn risk", tiers)
     console.print(table)
@@ -181,9 +183,18 @@ def emulator(
     create_unknown: Annotated[
         bool, typer.Option("--create-unknown", help="Create profiles even under _update_existing_only.")
     ] = False,
+    faults: Annotated[
+        str,
+        typer.Option(
+            "--faults",
+            help="Injected faults as NAME=PROBABILITY,...: 429, 5xx, html, slow, drop, object (per object).",
+        ),
+    ] = "",
+    slow_seconds: Annotated[float, typer.Option("--slow-seconds", help="Delay of a 'slow' fault.")] = 2.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the faults' random generator.")] = 0,
 ) -> None:
     """Serve a local Braze /users/track emulator (inspect it at /_emulator/stats and /_emulator/users)."""
-    from churnsync.sync.emulator import EmulatorConfig, serve_forever
+    from churnsync.sync.emulator import EmulatorConfig, parse_faults, serve_forever
 
     cfg = EmulatorConfig(
         api_key=api_key,
@@ -191,6 +202,9 @@ def emulator(
         rate_limit_window_seconds=rate_window,
         latency_seconds=latency,
         create_unknown_users=create_unknown,
+        faults=parse_faults(faults),
+        slow_seconds=slow_seconds,
+        fault_seed=seed,
     )
 
     def ready(url: str) -> None:

@@ -60,46 +60,46 @@ class BetaGeoParams:
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def _as_float(name: str, values: Any) -> np.ndarray:
+def _as_float(name: str, values: Any, model: str = "BG/NBD") -> np.ndarray:
     try:
         array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ModelError(f"BG/NBD: {name} must be numeric", remedy="Pass numbers (arrays or scalars)") from None
+        raise ModelError(f"{model}: {name} must be numeric", remedy="Pass numbers (arrays or scalars)") from None
     if not np.all(np.isfinite(array)):
         bad = int(np.count_nonzero(~np.isfinite(array)))
         raise ModelError(
-            f"BG/NBD: {name} has {bad} missing or non-finite value(s)",
+            f"{model}: {name} has {bad} missing or non-finite value(s)",
             remedy="Drop or fill those customers before fitting or predicting",
         )
     if np.any(array < 0):
         raise ModelError(
-            f"BG/NBD: {name} has {int(np.count_nonzero(array < 0))} negative value(s) (minimum {array.min()})",
+            f"{model}: {name} has {int(np.count_nonzero(array < 0))} negative value(s) (minimum {array.min()})",
             remedy="Check the RFM features: counts and times cannot be negative",
         )
     return array
 
 
-def _check_history(frequency: Any, recency: Any, T: Any) -> Arrays:
+def _check_history(frequency: Any, recency: Any, T: Any, model: str = "BG/NBD") -> Arrays:
     """Validated, broadcast (x, t_x, T) arrays; t_x is clipped to T within a tiny tolerance."""
-    x = _as_float("frequency", frequency)
-    t_x = _as_float("recency", recency)
-    age = _as_float("T", T)
+    x = _as_float("frequency", frequency, model)
+    t_x = _as_float("recency", recency, model)
+    age = _as_float("T", T, model)
     try:
         x, t_x, age = np.broadcast_arrays(x, t_x, age)
     except ValueError:
         raise ModelError(
-            f"BG/NBD: frequency, recency and T have incompatible shapes {x.shape}, {t_x.shape}, {age.shape}",
+            f"{model}: frequency, recency and T have incompatible shapes {x.shape}, {t_x.shape}, {age.shape}",
             remedy="Pass one value per customer in each",
         ) from None
     if np.any(x != np.floor(x)):
         raise ModelError(
-            "BG/NBD: frequency must be whole numbers of repeat purchases",
+            f"{model}: frequency must be whole numbers of repeat purchases",
             remedy="Count repeat purchase days (distinct purchase days minus one)",
         )
     over = t_x - age
     if np.any(over > _RECENCY_TOLERANCE * np.maximum(1.0, age)):
         raise ModelError(
-            f"BG/NBD: recency exceeds T for {int(np.count_nonzero(over > 0))} customer(s) "
+            f"{model}: recency exceeds T for {int(np.count_nonzero(over > 0))} customer(s) "
             f"(by up to {float(over.max()):.6g})",
             remedy="Recency is measured from the first purchase to the last one, T to the cut: check both",
         )

@@ -10,19 +10,35 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from datetime import datetime
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
-from churnsync.config import PredictionSettings
+from churnsync.config import PredictionSettings, SegmentRule
 from churnsync.errors import DataError, ModelError, NotFittedError
 from churnsync.features.rfm import RFMFrame, build_rfm
 from churnsync.models.bgnbd import BetaGeoModel
 
-__all__ = ["FIT_TIME_UNIT_DAYS", "expected_purchases_column", "fit_and_score", "model_version", "score_customers"]
+if TYPE_CHECKING:
+    from churnsync.config import Settings
+    from churnsync.models.churn import ChurnModel
+
+__all__ = [
+    "FIT_TIME_UNIT_DAYS",
+    "Prediction",
+    "assign_segments",
+    "expected_purchases_column",
+    "fit_and_score",
+    "model_version",
+    "predict_attributes",
+    "score_customers",
+    "train_churn_model",
+]
 
 # BTYD models are fitted in weeks, as in the literature: parameters are then comparable with published ones
 # and the optimiser works on numbers of order one.
@@ -141,3 +157,245 @@ def model_version(model: BetaGeoModel, settings: PredictionSettings | None = Non
         canonical["qualifying_events"] = sorted({e.lower() for e in settings.qualifying_events})
     digest = hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:12]
     return f"{state['model']}-{digest}"
+
+
+def _risk_tiers(churn: np.ndarray, risk_cut_points: tuple[float, float]) -> pa.Array:
+    low, high = risk_cut_points
+    tier = np.searchsorted(np.array([low, high], dtype=np.float64), churn, side="right")
+    return pa.DictionaryArray.from_arrays(pa.array(tier, type=pa.int8()), pa.array(RISK_TIERS)).cast(pa.string())
+
+
+def assign_segments(
+    churn: np.ndarray, value: np.ndarray, tenure_days: np.ndarray, rules: Sequence[SegmentRule]
+) -> np.ndarray:
+    """The predictive segment of every customer: the first rule whose every bound holds, else ``other``.
+
+    ``value`` is turned into its quantile in the scored population (ties share their mean rank), so rules
+    read "top half by value" whatever the currency.
+    """
+    n = churn.shape[0]
+    out = np.full(n, "other", dtype=object)
+    if n == 0:
+        return out
+    order = np.argsort(value, kind="mergesort")
+    ranks = np.empty(n, dtype=np.float64)
+    ranks[order] = np.arange(n, dtype=np.float64)
+    sorted_v = value[order]
+    # ties: the mean rank of the group, so equal values share a quantile
+    _, first, counts = np.unique(sorted_v, return_index=True, return_counts=True)
+    group_mean = first + (counts - 1) / 2.0
+    ranks[order] = np.repeat(group_mean, counts)
+    quantile = ranks / max(n - 1, 1)
+    free = np.ones(n, dtype=bool)
+    for rule in rules:
+        hit = free.copy()
+        if rule.min_churn is not None:
+            hit &= churn >= rule.min_churn
+        if rule.max_churn is not None:
+            hit &= churn < rule.max_churn
+        if rule.min_value_quantile is not None:
+            hit &= quantile >= rule.min_value_quantile
+        if rule.max_value_quantile is not None:
+            hit &= quantile < rule.max_value_quantile
+        if rule.max_tenure_days is not None:
+            hit &= tenure_days <= rule.max_tenure_days
+        out[hit] = rule.name
+        free &= ~hit
+    return out
+
+
+@dataclass
+class Prediction:
+    """The attributes of one scoring run and what produced them."""
+
+    table: pa.Table
+    model_version: str
+    model_params: dict[str, float]
+    details: dict[str, Any] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+
+
+def _value_table(con: duckdb.DuckDBPyConnection, rfm: RFMFrame, cut: datetime, settings: Settings) -> pa.Table | None:
+    """Part A's CLV and next purchase date, or None when the value models cannot be fitted on these data."""
+    from churnsync.models.value import fit_value_models, value_attributes
+
+    try:
+        model, spend = fit_value_models(rfm)
+        return value_attributes(
+            rfm,
+            model,
+            spend,
+            clv_horizon_days=settings.prediction.clv_horizon_days,
+            annual_discount_rate=settings.prediction.annual_discount_rate,
+            time_unit_days=rfm.time_unit_days,
+            cut=cut,
+        )
+    except ModelError:
+        return None
+
+
+def train_churn_model(
+    con: duckdb.DuckDBPyConnection, cut: datetime, settings: Settings, *, now: datetime | None = None
+) -> tuple[str, bool, str]:
+    """Train a churn model at ``cut``, save it in the registry, and promote it when the quality gate allows.
+
+    Returns (version, published, reason).
+    """
+    from churnsync.models.churn import ChurnModel
+    from churnsync.models.registry import ModelRegistry, gate
+
+    ms = settings.model
+    model = ChurnModel(
+        horizon_days=settings.prediction.horizon_days,
+        qualifying_events=settings.prediction.qualifying_events,
+        label_days=ms.label_days,
+        training_cuts=ms.training_cuts,
+        cut_spacing_days=ms.cut_spacing_days,
+        max_training_rows=ms.max_training_rows,
+        n_estimators=ms.n_estimators,
+        num_threads=ms.num_threads,
+        exact_drivers=ms.exact_drivers,
+    ).fit(con, cut, fit_time=now)
+    registry = ModelRegistry(ms.registry_path)
+    current = registry.in_service()
+    served = registry.load(current).validation if current else None
+    validation = model.validation_
+    decision = gate(
+        validation[model.champion_],
+        served,
+        min_auc=ms.gate_min_auc,
+        min_lift_quality=ms.gate_min_lift_quality,
+        max_auc_drop=ms.gate_max_auc_drop,
+    )
+    state = model.state_ or {}
+    version = registry.save(
+        model.to_dict(),
+        {
+            "kind": "churn",
+            "prediction": {
+                "horizon_days": model.horizon_days,
+                "qualifying_events": model.qualifying_events,
+                "label_days": model.label_days,
+            },
+            "features": state.get("feature_names", []),
+            "training_window": {"cuts": state.get("training_cuts", []), "scoring_cut": state.get("scoring_cut")},
+            "training_rows": state.get("training_rows"),
+            "champion": model.champion_,
+            "champion_reason": model.reason_,
+            "metrics": validation,
+            "gate": {"published": decision.publish, "reason": decision.reason, "previous": current},
+        },
+        now=now,
+    )
+    if decision.publish:
+        registry.promote(version, now=now)
+    return version, decision.publish, decision.reason
+
+
+def _service_model(settings: Settings) -> tuple[str, ChurnModel] | None:
+    from churnsync.models.churn import ChurnModel
+    from churnsync.models.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.model.registry_path)
+    version = registry.in_service()
+    if version is None:
+        return None
+    record = registry.load(version)
+    model = ChurnModel.from_dict(record.artifact)
+    wanted = (settings.prediction.horizon_days, sorted({q.lower() for q in settings.prediction.qualifying_events}))
+    if (model.horizon_days, model.qualifying_events) != wanted:
+        raise ModelError(
+            f"model {version} in service predicts {model.horizon_days}-day churn of "
+            f"{', '.join(model.qualifying_events)} but the configuration asks for "
+            f"{wanted[0]}-day churn of {', '.join(wanted[1])}",
+            remedy="Train a model for the new definition with `churnsync train`",
+        )
+    return version, model
+
+
+def predict_attributes(
+    con: duckdb.DuckDBPyConnection,
+    cut: datetime,
+    settings: Settings,
+    *,
+    now: datetime | None = None,
+    retrain: bool = False,
+) -> Prediction:
+    """Score every customer at ``cut``: churn from the model in service (trained and gated first when the
+    registry has none), BTYD expected purchases and P(alive), CLV and next purchase date, driver and segment.
+
+    With ``model.kind = "bgnbd"`` (or when no learned model may serve) BG/NBD alone gives the churn score.
+    ``retrain`` trains a new model first even when one is in service (the quality gate decides which scores).
+    """
+
+    prediction = settings.prediction
+    messages: list[str] = []
+    details: dict[str, Any] = {}
+    service: tuple[str, ChurnModel] | None = None
+    if settings.model.kind == "ml":
+        service = None if retrain else _service_model(settings)
+        if service is None:
+            try:
+                version, published, reason = train_churn_model(con, cut, settings, now=now)
+            except DataError as exc:
+                service = _service_model(settings) if retrain else None
+                keeps = f"model {service[0]} keeps scoring" if service else "BG/NBD scores churn"
+                messages.append(f"no new churn model: {exc.message}; {keeps}")
+            else:
+                service = _service_model(settings)
+                if published:
+                    messages.append(f"trained and published model {version}: {reason}")
+                else:
+                    keeps = f"model {service[0]} keeps scoring" if service else "BG/NBD scores churn"
+                    messages.append(f"trained model {version} was not published: {reason}; {keeps}")
+    if service is None:
+        table, model, rfm = fit_and_score(con, cut, prediction)
+        version = model_version(model, prediction)
+        tenure = rfm.T * rfm.time_unit_days
+        details["model"] = model.to_dict()
+        driver = None
+    else:
+        version, churn_model = service
+        scores = churn_model.predict(con, cut)
+        frame = scores.frame
+        rfm, model = frame.rfm, frame.btyd
+        table = score_customers(
+            rfm,
+            model,
+            horizon_days=prediction.horizon_days,
+            risk_cut_points=prediction.risk_cut_points,
+            time_unit_days=FIT_TIME_UNIT_DAYS,
+        )
+        churn = scores.churn_probability
+        table = table.set_column(1, "churn_probability", pa.array(churn, type=pa.float64()))
+        table = table.set_column(2, "churn_risk", _risk_tiers(churn, prediction.risk_cut_points))
+        tenure = frame.X[:, frame.names.index(f"{churn_model.qualifying_label}_tenure_days")]
+        driver = scores.churn_driver
+        details["model"] = {"churn": version, "champion": churn_model.champion_, "btyd": model.to_dict()}
+        details["champion_reason"] = churn_model.reason_
+    value = _value_table(con, rfm, cut, settings)
+    if value is not None:
+        for name in value.column_names[1:]:
+            # next_purchase_date moves with every run for every customer who did not buy (the median wait
+            # grows with age), so publishing it re-sends everyone: opt-in.
+            if name != "next_purchase_date" or settings.model.publish_next_purchase_date:
+                table = table.append_column(name, value.column(name))
+        value_score = np.asarray(value.column(1).to_numpy(zero_copy_only=False), dtype=np.float64)
+    else:
+        value_score = np.asarray(table.column(3).to_numpy(zero_copy_only=False), dtype=np.float64)
+        messages.append("no CLV: the spend model cannot be fitted on these data (segments use expected purchases)")
+    if driver is not None:
+        table = table.append_column("churn_driver", pa.array(driver.astype(str), type=pa.string()))
+    churn_now = np.asarray(table.column("churn_probability").to_numpy(zero_copy_only=False), dtype=np.float64)
+    segments = assign_segments(churn_now, value_score, np.asarray(tenure, dtype=np.float64), settings.model.segments)
+    table = table.append_column("segment", pa.array(segments.astype(str), type=pa.string()))
+    params = model.params_
+    details["messages"] = messages
+    details["scored_at"] = (now or datetime.now(UTC)).isoformat()
+    return Prediction(
+        table=table,
+        model_version=version,
+        model_params={"r": params.r, "alpha": params.alpha, "a": params.a, "b": params.b},
+        details=details,
+        messages=messages,
+    )

@@ -15,6 +15,8 @@ the same thing: the customer has no value for that attribute.
                      ├─< sync_failures        one row per object the destination refused
                      ├─< destination_state    what each destination last acknowledged per (customer, attribute)
                      └─< destination_acks     append-only log of every acknowledged value (for history)
+    customers                                 per customer: the last prediction run that scored it (0002)
+    store_lock                                at most one row: the run holding the run lock (0002)
 
 A history row is valid from its ``changed_at`` until the next change of the same (customer, attribute).
 
@@ -215,4 +217,71 @@ destination_acks = sa.Table(
     sa.Column("text_value", sa.Text, nullable=True),
     sa.Column("acknowledged_at", UtcDateTime, nullable=False),
     sa.Index(None, "customer_id", "attribute", "acknowledged_at"),
+)
+
+# ---- revision 0002 (issue 4): who was scored when, and the run lock.
+
+customers = sa.Table(
+    "customers",
+    metadata,
+    sa.Column("customer_id", key_type(), nullable=False),
+    # The first and the last prediction run that scored the customer (whether or not a value changed):
+    # "no longer scored" and prediction age (TTL) are decided from last_run_id.
+    sa.Column("first_run_id", sa.Integer, nullable=False),
+    sa.Column("last_run_id", sa.Integer, nullable=False),
+    sa.PrimaryKeyConstraint("customer_id"),
+    sqlite_with_rowid=False,
+)
+
+store_lock = sa.Table(
+    "store_lock",
+    metadata,
+    sa.Column("name", sa.String(32), nullable=False),
+    sa.Column("owner", sa.String(200), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("token", sa.String(32), nullable=False),
+    sa.Column("acquired_at", UtcDateTime, nullable=False),
+    sa.PrimaryKeyConstraint("name"),
+)
+
+# -- the sync journal and quarantine (issue 5, revision 0003; written by churnsync.store.ledger) -----------------
+
+#: Journal states: ``intended`` before a request is sent, ``acknowledged`` in the transaction that records
+#: Braze's answer, ``in_doubt`` when a later run found it still intended (the process died in flight).
+JOURNAL_STATUSES = ("intended", "acknowledged", "in_doubt")
+
+sync_journal = sa.Table(
+    "sync_journal",
+    metadata,
+    sa.Column("id", id_type(), primary_key=True, autoincrement=True),
+    sa.Column("sync_run_id", sa.Integer, nullable=False),
+    sa.Column("destination", key_type(100), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("objects", sa.Integer, nullable=False),
+    sa.Column("data_points", sa.Integer, nullable=False),
+    sa.Column("payload_sha256", sa.String(64), nullable=False),
+    sa.Column("customer_ids", sa.Text, nullable=False),
+    sa.Column("intended_at", UtcDateTime, nullable=False),
+    sa.Column("acknowledged_at", UtcDateTime, nullable=True),
+    sa.Column("resolved_by_run_id", sa.Integer, nullable=True),
+    sa.CheckConstraint("status IN ('intended', 'acknowledged', 'in_doubt')", name="status"),
+    sa.UniqueConstraint("sync_run_id", "seq"),
+    sa.Index(None, "destination", "status"),
+)
+
+sync_object_failures = sa.Table(
+    "sync_object_failures",
+    metadata,
+    sa.Column("destination", key_type(100), nullable=False),
+    sa.Column("customer_id", key_type(), nullable=False),
+    sa.Column("consecutive_runs", sa.Integer, nullable=False),
+    sa.Column("last_sync_run_id", sa.Integer, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("values_sha256", sa.String(64), nullable=False),
+    sa.Column("first_failed_at", UtcDateTime, nullable=False),
+    sa.Column("last_failed_at", UtcDateTime, nullable=False),
+    sa.Column("quarantined_at", UtcDateTime, nullable=True),
+    sa.PrimaryKeyConstraint("destination", "customer_id"),
 )

@@ -4,34 +4,45 @@ One class, :class:`AttributeStore`, over SQLAlchemy Core on SQLite (the default,
 (psycopg 3). Tables are described in :mod:`churnsync.store.schema`; Alembic migrations in ``migrations/``
 create them and are applied by :meth:`AttributeStore.open`.
 
-Bulk work is set-based: a run's predictions are staged into a temporary table (executemany on SQLite, COPY
-on PostgreSQL), then two statements append the changed values to the history and upsert them into the
-current values. The next sync's changes are one streamed query. Nothing loops per customer in SQL round
-trips.
+Bulk work is set-based: a run's predictions are staged into a temporary table (one wide row per customer by
+executemany on SQLite, COPY on PostgreSQL), then a few statements append the changed values to the history
+(per-attribute rules: absolute and relative tolerance, rounding, day granularity, ``unless_changed``
+coupling), upsert them into the current values, and record which run last scored each customer. The next
+sync's changes are one streamed query (with the destination's policy for customers no longer scored and for
+predictions older than a TTL). Nothing loops per customer in SQL round trips.
+
+Two runs cannot interleave: :meth:`AttributeStore.run_lock` (an advisory lock on PostgreSQL, a lock row on
+SQLite). History older than a retention is compacted by :meth:`AttributeStore.compact_history`, and
+:meth:`AttributeStore.export` writes every customer's attributes, current or as of a date.
 
 Example::
 
     store = AttributeStore.open("sqlite:///churnsync.db")
-    run = store.start_prediction_run(as_of=cut, horizon_days=30, model_version="bgnbd-1", details={})
-    summary = store.write_predictions(run, table, settings.attributes)
-    store.finish_prediction_run(run, status="succeeded", summary={"values_changed": summary.values_changed})
-    for chunk in store.select_changes("braze"):
-        ...  # send, then store.record_batch(sync_run_id, "braze", outcome)
+    with store.run_lock("churnsync run"):  # StoreLockedError names the holder if another run has it
+        run = store.start_prediction_run(as_of=cut, horizon_days=30, model_version="bgnbd-1", details={})
+        summary = store.write_predictions(run, table, settings.attributes)
+        store.finish_prediction_run(run, status="succeeded", summary={"values_changed": summary.values_changed})
+        for chunk in store.select_changes("braze", mode="mirror", ttl=timedelta(days=30)):
+            ...  # send, then store.record_batch(sync_run_id, "braze", outcome)
     store.close()
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from io import BytesIO
-from itertools import repeat
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +56,7 @@ from alembic.util.exc import CommandError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
-from churnsync.errors import StoreError
+from churnsync.errors import StoreError, StoreLockedError
 from churnsync.records import BatchOutcome, Change, SyncCounts, Value
 from churnsync.store import schema as s
 
@@ -70,6 +81,12 @@ STAGE_CHUNK_CUSTOMERS = 50_000
 SELECT_FETCH_ROWS = 10_000
 #: A move of exactly the tolerance counts as a change; this absorbs binary rounding (0.58 - 0.56 < 0.02).
 TOLERANCE_SLACK = 1e-9
+
+#: PostgreSQL run lock: a two-key session advisory lock ("chsr", the schema's hash), one per store.
+RUN_LOCK_KEY = 0x63687372
+_PG_RUN_LOCK = f"{RUN_LOCK_KEY}, hashtext(current_schema())"
+#: The one row of store_lock.
+RUN_LOCK_NAME = "run"
 
 _FINAL_STATUSES = ("succeeded", "failed", "partial")
 
@@ -101,6 +118,46 @@ class HistoryEntry:
     changed_at: datetime
     valid_to: datetime | None
     acknowledged: dict[str, datetime] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CompactSummary:
+    """What one :meth:`AttributeStore.compact_history` call removed."""
+
+    boundary: datetime
+    history_deleted: int
+    acks_deleted: int
+
+
+def _pivot(rows: list[Any], schema: pa.Schema) -> pa.Table:
+    """Long rows (customer_id, attribute, num, text), ordered by customer, as one wide table of ``schema``."""
+    import numpy as np
+    import pyarrow as pa
+
+    ids_col, attrs_col, nums_col, texts_col = zip(*rows, strict=True)
+    ids = np.array(ids_col, dtype=object)
+    attrs = np.array(attrs_col, dtype=object)
+    starts = np.concatenate(([True], ids[1:] != ids[:-1]))
+    customer = np.cumsum(starts) - 1
+    count = int(customer[-1]) + 1
+    columns: list[Any] = [pa.array(ids[starts], pa.string())]
+    all_numbers = pa.array(nums_col, pa.float64()).to_numpy(zero_copy_only=False)
+    all_texts = np.array(texts_col, dtype=object)
+    for name in schema.names[1:]:
+        mask = attrs == name
+        where = customer[mask]
+        if pa.types.is_string(schema.field(name).type):
+            texts = np.full(count, None, dtype=object)
+            texts[where] = all_texts[mask]
+            columns.append(pa.array(texts, pa.string()))
+        else:
+            numbers = np.full(count, np.nan)
+            present = np.zeros(count, dtype=bool)
+            picked = all_numbers[mask]
+            numbers[where] = picked
+            present[where] = ~np.isnan(picked)
+            columns.append(pa.array(numbers, pa.float64(), mask=~present))
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -221,6 +278,8 @@ _stage_rules = sa.Table(
     sa.Column("attr_idx", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("attribute", s.key_type(), nullable=False),
     sa.Column("threshold", sa.Double, nullable=False),
+    sa.Column("rel_threshold", sa.Double, nullable=False),
+    sa.Column("text_len", sa.Integer, nullable=True),
     prefixes=["TEMPORARY"],
     postgresql_on_commit="DROP",
 )
@@ -233,6 +292,9 @@ class _Attribute:
     kind: str  # "num" | "text" | "time" | "date"
     round: int | None
     threshold: float
+    rel_threshold: float = 0.0
+    text_len: int | None = None  # compare only this many leading characters (day granularity of times)
+    unless_changed: tuple[str, ...] = ()
 
 
 def _plan_columns(table: pa.Table, attributes: AttributeSettings) -> list[_Attribute]:
@@ -294,7 +356,22 @@ def _plan_columns(table: pa.Table, attributes: AttributeSettings) -> list[_Attri
         rule = attributes.rule_for(name)
         tolerance = float(rule.abs_tolerance) if kind == "num" else 0.0
         threshold = tolerance - min(TOLERANCE_SLACK, tolerance * 1e-3)
-        plan.append(_Attribute(name, len(plan), kind, rule.round if kind == "num" else None, threshold))
+        relative = float(rule.rel_tolerance) if kind == "num" else 0.0
+        rel_threshold = relative - min(TOLERANCE_SLACK, relative * 1e-3)
+        text_len = len("YYYY-MM-DD") if kind == "time" and rule.granularity == "day" else None
+        coupled = tuple(c for c in rule.unless_changed if c != name and c in names)
+        plan.append(
+            _Attribute(
+                name,
+                len(plan),
+                kind,
+                rule.round if kind == "num" else None,
+                threshold,
+                rel_threshold,
+                text_len,
+                coupled,
+            )
+        )
     return plan
 
 
@@ -341,7 +418,9 @@ class AttributeStore:
                 f"store {self.url}: cannot create a database engine ({exc})",
                 remedy="Use sqlite:///path/to/churnsync.db or postgresql+psycopg://user@host/database",
             ) from exc
-        self._time_to_db = s.UtcDateTime().bind_processor(self._engine.dialect)
+        # The dialect's own processor: SQLite's writes the same text as SQLAlchemy (with microseconds), so raw
+        # SQL stamps compare as strings with stamps written through SQLAlchemy.
+        self._time_to_db = s.UtcDateTime().dialect_impl(self._engine.dialect).bind_processor(self._engine.dialect)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -376,6 +455,103 @@ class AttributeStore:
     def close(self) -> None:
         """Release every connection."""
         self._engine.dispose()
+
+    # ------------------------------------------------------------------ the run lock
+
+    @contextmanager
+    def run_lock(self, owner: str) -> Iterator[None]:
+        """Hold the store's run lock for the ``with`` block: two runs against one store cannot interleave.
+
+        PostgreSQL: a session advisory lock held on a dedicated connection (it ends with that session, so a
+        crashed run never leaves it behind), plus a ``store_lock`` row describing the holder. SQLite: the
+        ``store_lock`` row itself, inserted in a write transaction; a row left by a process that is gone from
+        this host is taken over. Raises :class:`~churnsync.errors.StoreLockedError` naming the holder.
+        """
+        token = uuid.uuid4().hex
+        holder = {"owner": owner[:200], "host": socket.gethostname()[:255], "pid": os.getpid(), "token": token}
+        if self._dialect == "sqlite":
+            self._take_lock_row(holder, takeover=self._holder_gone)
+            try:
+                yield
+            finally:
+                self._drop_lock_row(token)
+            return
+        session = self._lock_session()
+        try:
+            if not self._try_advisory(session):
+                raise StoreLockedError(self.url, self.lock_holder())
+            try:
+                # The advisory lock is ours: any row left is a crashed holder's description.
+                self._take_lock_row(holder, takeover=lambda _row: True)
+                yield
+            finally:
+                try:
+                    self._drop_lock_row(token)
+                finally:
+                    self._unlock_advisory(session)
+        finally:
+            session.close()
+
+    def lock_holder(self) -> dict[str, Any] | None:
+        """Who holds the run lock: ``owner``, ``host``, ``pid``, ``acquired_at`` and ``stale`` (None: nobody).
+
+        ``stale`` is True when the holder is certainly gone: on PostgreSQL the advisory lock is free; on SQLite
+        the holder's process no longer exists on this host.
+        """
+        with self._transaction("read the run lock") as conn:
+            row = self._lock_row(conn)
+        if row is None:
+            return None
+        if self._dialect == "postgresql":
+            session = self._lock_session()
+            try:
+                stale = self._try_advisory(session)
+                if stale:
+                    self._unlock_advisory(session)
+            finally:
+                session.close()
+        else:
+            stale = self._holder_gone(row)
+        return {
+            "owner": row["owner"],
+            "host": row["host"],
+            "pid": row["pid"],
+            "acquired_at": row["acquired_at"],
+            "stale": stale,
+        }
+
+    def clear_lock(self, *, force: bool = False) -> bool:
+        """Remove a stale run lock and say whether one was removed.
+
+        A lock is stale when its holder's process is gone from this host (SQLite) or the advisory lock is free
+        (PostgreSQL). ``force`` clears a live lock too; on PostgreSQL that terminates the holder's database
+        session, so the holding run fails at its next statement.
+        """
+        if self._dialect == "sqlite":
+            with self._transaction("clear the run lock", write=True) as conn:
+                row = self._lock_row(conn)
+                if row is None or not (force or self._holder_gone(row)):
+                    return False
+                conn.execute(s.store_lock.delete())
+                return True
+        session = self._lock_session()
+        try:
+            free = self._try_advisory(session)
+            terminated = False
+            if not free and force:
+                self._terminate_holder(session)
+                terminated = True
+                free = self._try_advisory(session)
+            if not free:
+                return False
+            try:
+                with self._transaction("clear the run lock", write=True) as conn:
+                    removed = conn.execute(s.store_lock.delete()).rowcount
+            finally:
+                self._unlock_advisory(session)
+            return bool(removed) or terminated
+        finally:
+            session.close()
 
     def __enter__(self) -> AttributeStore:
         return self
@@ -423,7 +599,8 @@ class AttributeStore:
                 conn.exec_driver_sql(f"SET LOCAL work_mem = '{POSTGRES_WRITE_WORK_MEM}'")
             self._create_stage(conn, plan)
             self._fill_stage(conn, table, plan)
-            summary = self._apply_stage(conn, run_id, now, scored=table.num_rows)
+            summary = self._apply_stage(conn, run_id, now, plan, scored=table.num_rows)
+            self._mark_scored(conn, run_id, plan)
             if self._dialect == "sqlite":
                 conn.exec_driver_sql("DROP TABLE temp.churnsync_stage")
                 conn.exec_driver_sql("DROP TABLE temp.churnsync_stage_rules")
@@ -475,19 +652,43 @@ class AttributeStore:
             )
             return _new_id(result)
 
-    def select_changes(self, destination: str, *, chunk_size: int = 5000) -> Iterator[list[Change]]:
+    def select_changes(
+        self,
+        destination: str,
+        *,
+        chunk_size: int = 5000,
+        mode: str = "upsert",
+        ttl: timedelta | None = None,
+        now: datetime | None = None,
+    ) -> Iterator[list[Change]]:
         """Stream, in chunks of ``chunk_size`` customers ordered by id, what differs from ``destination``.
 
-        Each :class:`Change` holds only the attributes whose current value differs from what the
+        Each :class:`Change` holds only the attributes whose wanted value differs from what the
         destination acknowledged (numbers as float, text as str, a deleted value as None). An attribute
         never acknowledged counts as null there, so a null current value that was never sent is no change.
-        The query reads a snapshot taken at the first ``next()``; batches may be recorded meanwhile.
+        The wanted value is the current value, except null for every attribute of a customer who is
+        no longer scored (absent from the latest succeeded prediction run) when ``mode`` is ``"mirror"``,
+        and of a customer whose last scoring run started more than ``ttl`` before ``now`` (default: the
+        store's clock). The query reads a snapshot taken at the first ``next()``; batches may be recorded
+        meanwhile.
         """
         if chunk_size < 1:
             raise StoreError(f"chunk_size must be at least 1, not {chunk_size}", remedy="Pass a positive size")
-        return self._stream_changes(destination, chunk_size)
+        if mode not in ("upsert", "mirror"):
+            raise StoreError(f"selection mode {mode!r} is not known", remedy="Use 'upsert' or 'mirror'")
+        if ttl is not None and ttl <= timedelta(0):
+            raise StoreError(f"ttl must be positive, not {ttl}", remedy="Pass a positive timedelta or None")
+        cutoff = None if ttl is None else (self._now() if now is None else _aware(now, "now")) - ttl
+        return self._stream_changes(destination, chunk_size, mirror=mode == "mirror", cutoff=cutoff)
 
-    def record_batch(self, sync_run_id: int, destination: str, outcome: BatchOutcome) -> None:
+    def record_batch(
+        self,
+        sync_run_id: int,
+        destination: str,
+        outcome: BatchOutcome,
+        *,
+        also: Callable[[Connection], None] | None = None,
+    ) -> None:
         """Journal one acknowledged request and, in the same transaction, what the destination now holds.
 
         Writes the ``sync_batches`` row, upserts ``destination_state`` for every accepted attribute, appends
@@ -525,6 +726,8 @@ class AttributeStore:
                 self._write_state(conn, destination, sync_run_id, stamp, state)
             if failures:
                 self._write_failures(conn, sync_run_id, outcome.seq, failures)
+            if also is not None:  # the sync journal's acknowledgement (churnsync.store.ledger): same commit
+                also(conn)
 
     def finish_sync_run(self, sync_run_id: int, *, status: str, counts: SyncCounts, error: str | None = None) -> None:
         """Close a sync run with its final status (succeeded, failed or partial), totals and error."""
@@ -644,6 +847,230 @@ class AttributeStore:
                 for row in conn.execute(entries_query)
             ]
 
+    # ------------------------------------------------------------------ history retention and export
+
+    def compact_history(self, older_than_days: int) -> CompactSummary:
+        """Drop history older than ``older_than_days`` days without changing the current state.
+
+        Per (customer, attribute), every change before the boundary is deleted except the last one, which
+        holds the value that was current at the boundary: current values and as-of reads at or after the
+        boundary are unchanged. Acknowledgements (``destination_acks``) are compacted the same way per
+        destination; the first acknowledgement of a kept change may then show as a later one.
+        """
+        if older_than_days < 1:
+            raise StoreError(
+                f"older_than_days must be at least 1, not {older_than_days}", remedy="Pass a positive number of days"
+            )
+        boundary = self._now() - timedelta(days=older_than_days)
+        h, a = s.attribute_history, s.destination_acks
+        later_h = h.alias("later")
+        later_a = a.alias("later")
+        history_superseded = sa.exists().where(
+            later_h.c.customer_id == h.c.customer_id,
+            later_h.c.attribute == h.c.attribute,
+            later_h.c.changed_at < boundary,
+            sa.or_(
+                later_h.c.changed_at > h.c.changed_at,
+                sa.and_(later_h.c.changed_at == h.c.changed_at, later_h.c.id > h.c.id),
+            ),
+        )
+        acks_superseded = sa.exists().where(
+            later_a.c.customer_id == a.c.customer_id,
+            later_a.c.attribute == a.c.attribute,
+            later_a.c.destination == a.c.destination,
+            later_a.c.acknowledged_at < boundary,
+            sa.or_(
+                later_a.c.acknowledged_at > a.c.acknowledged_at,
+                sa.and_(later_a.c.acknowledged_at == a.c.acknowledged_at, later_a.c.id > a.c.id),
+            ),
+        )
+        with self._transaction(f"compact the history before {boundary:%Y-%m-%d}", write=True) as conn:
+            history_rows = conn.execute(h.delete().where(h.c.changed_at < boundary, history_superseded)).rowcount
+            ack_rows = conn.execute(a.delete().where(a.c.acknowledged_at < boundary, acks_superseded)).rowcount
+        return CompactSummary(boundary=boundary, history_deleted=int(history_rows), acks_deleted=int(ack_rows))
+
+    def attribute_tables(self, *, as_of: datetime | None = None, chunk_customers: int = 50_000) -> Iterator[pa.Table]:
+        """Every customer's attributes, one row per customer and one column per attribute, in chunks.
+
+        Current values, or (``as_of``) the values current at that instant, rebuilt from the history: the last
+        change of each attribute at or before ``as_of``. Customers are ordered by id; a customer is never split
+        across chunks. Numeric attributes are float64 columns, others strings; null where there is no value.
+        """
+        import pyarrow as pa
+
+        if chunk_customers < 1:
+            raise StoreError(
+                f"chunk_customers must be at least 1, not {chunk_customers}", remedy="Pass a positive size"
+            )
+        source = self._export_source(None if as_of is None else _aware(as_of, "as_of"))
+        kinds = (
+            sa.select(source.c.attribute, sa.func.max(sa.case((source.c.text_value.is_not(None), 1), else_=0)))
+            .group_by(source.c.attribute)
+            .order_by(source.c.attribute)
+        )
+        rows = sa.select(source.c.customer_id, source.c.attribute, source.c.num_value, source.c.text_value).order_by(
+            source.c.customer_id, source.c.attribute
+        )
+        with self._transaction("export the attributes") as conn:
+            attributes = {name: bool(is_text) for name, is_text in conn.execute(kinds)}
+            schema = pa.schema(
+                [("customer_id", pa.string())]
+                + [(n, pa.string() if is_text else pa.float64()) for n, is_text in attributes.items()]
+            )
+            fetch = max(chunk_customers * max(len(attributes), 1), 1)
+            with conn.execute(rows.execution_options(yield_per=min(fetch, SELECT_FETCH_ROWS * 10))) as result:
+                carry: list[Any] = []
+                while True:
+                    batch = result.fetchmany(fetch)
+                    done = len(batch) < fetch
+                    pending = carry + list(batch)
+                    if not pending:
+                        break
+                    if done:
+                        carry = []
+                    else:  # keep the last customer's rows for the next chunk: it may continue there
+                        last = pending[-1][0]
+                        cut = len(pending)
+                        while cut > 0 and pending[cut - 1][0] == last:
+                            cut -= 1
+                        if cut == 0:  # one customer fills the whole fetch: keep reading
+                            carry = pending
+                            continue
+                        pending, carry = pending[:cut], pending[cut:]
+                    yield _pivot(pending, schema)
+                    if done and not carry:
+                        break
+            if not attributes:
+                yield schema.empty_table()
+
+    def export(self, out: Path, *, format: str, as_of: datetime | None = None) -> int:
+        """Write :meth:`attribute_tables` to ``out`` as CSV or Parquet, streaming; return the customers written."""
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+
+        if format not in ("csv", "parquet"):
+            raise StoreError(f"export format {format!r} is not known", remedy="Use csv or parquet")
+        written = 0
+        writer: Any = None
+        try:
+            for table in self.attribute_tables(as_of=as_of):
+                if writer is None:
+                    try:
+                        writer = (
+                            pacsv.CSVWriter(str(out), table.schema)
+                            if format == "csv"
+                            else pq.ParquetWriter(str(out), table.schema)
+                        )
+                    except OSError as exc:
+                        raise StoreError(
+                            f"cannot write the export to {out}: {exc}", remedy="Check the folder exists and is writable"
+                        ) from exc
+                writer.write_table(table)
+                written += table.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+        return written
+
+    def _export_source(self, as_of: datetime | None) -> Any:
+        """(customer_id, attribute, num_value, text_value): current values, or as they were at ``as_of``."""
+        v, h = s.attribute_values, s.attribute_history
+        if as_of is None:
+            return sa.select(v.c.customer_id, v.c.attribute, v.c.num_value, v.c.text_value).subquery("source")
+        rank = (
+            sa.func.row_number()
+            .over(partition_by=(h.c.customer_id, h.c.attribute), order_by=(h.c.changed_at.desc(), h.c.id.desc()))
+            .label("rank")
+        )
+        ranked = (
+            sa.select(
+                h.c.customer_id,
+                h.c.attribute,
+                h.c.new_num.label("num_value"),
+                h.c.new_text.label("text_value"),
+                rank,
+            )
+            .where(h.c.changed_at <= as_of)
+            .subquery("ranked")
+        )
+        return (
+            sa.select(ranked.c.customer_id, ranked.c.attribute, ranked.c.num_value, ranked.c.text_value)
+            .where(ranked.c.rank == 1)
+            .subquery("source")
+        )
+
+    # ------------------------------------------------------------------ internals: the run lock
+
+    @staticmethod
+    def _lock_row(conn: Connection) -> dict[str, Any] | None:
+        row = conn.execute(sa.select(s.store_lock).where(s.store_lock.c.name == RUN_LOCK_NAME)).one_or_none()
+        return None if row is None else dict(row._mapping)
+
+    @staticmethod
+    def _holder_gone(row: Mapping[str, Any]) -> bool:
+        """The holder ran on this host and its process no longer exists (a pid on another host is unknowable)."""
+        if row["host"] != socket.gethostname()[:255]:
+            return False
+        try:
+            os.kill(int(row["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, OverflowError, ValueError):
+            return False
+        return False
+
+    def _take_lock_row(self, holder: dict[str, Any], *, takeover: Callable[[Mapping[str, Any]], bool]) -> None:
+        now = self._now()
+        with self._transaction("take the run lock", write=True) as conn:
+            row = self._lock_row(conn)
+            if row is not None:
+                if not takeover(row):
+                    raise StoreLockedError(self.url, {k: row[k] for k in ("owner", "host", "pid", "acquired_at")})
+                conn.execute(s.store_lock.delete().where(s.store_lock.c.name == RUN_LOCK_NAME))
+            conn.execute(s.store_lock.insert().values(name=RUN_LOCK_NAME, acquired_at=now, **holder))
+
+    def _drop_lock_row(self, token: str) -> None:
+        with self._transaction("release the run lock", write=True) as conn:
+            conn.execute(s.store_lock.delete().where(s.store_lock.c.token == token))
+
+    def _lock_session(self) -> Connection:
+        """PostgreSQL: a dedicated autocommit connection for the session advisory lock."""
+        try:
+            return self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._error("connect for the run lock", exc) from exc
+
+    def _try_advisory(self, session: Connection) -> bool:
+        try:
+            return bool(session.execute(sa.text(f"SELECT pg_try_advisory_lock({_PG_RUN_LOCK})")).scalar_one())
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._error("take the run lock", exc) from exc
+
+    def _unlock_advisory(self, session: Connection) -> None:
+        try:
+            session.execute(sa.text(f"SELECT pg_advisory_unlock({_PG_RUN_LOCK})"))
+        except sa.exc.SQLAlchemyError:
+            session.invalidate()  # closing the session for good releases the lock
+
+    def _terminate_holder(self, session: Connection) -> None:
+        # The two-key advisory lock shows in pg_locks as classid = key 1, objid = key 2 (as unsigned), objsubid 2.
+        query = (
+            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l "
+            "WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted AND l.pid <> pg_backend_pid() "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            f"AND l.classid::bigint = {RUN_LOCK_KEY} "
+            "AND l.objid::bigint = (hashtext(current_schema())::bigint & 4294967295)"
+        )
+        try:
+            session.execute(sa.text(query)).all()
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._error("end the session holding the run lock", exc) from exc
+        for _ in range(50):  # the terminated backend releases its locks as it exits
+            if self._try_advisory(session):
+                self._unlock_advisory(session)
+                return
+            time.sleep(0.1)
+
     # ------------------------------------------------------------------ internals: engine and errors
 
     @staticmethod
@@ -709,6 +1136,15 @@ class AttributeStore:
 
     def _now(self) -> datetime:
         return _aware(self._clock(), "the clock's time")
+
+    def transaction(self, action: str, *, write: bool = False) -> AbstractContextManager[Connection]:
+        """A connection in one transaction for the store's companions (churnsync.store.ledger)."""
+        return self._transaction(action, write=write)
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return str(self._dialect)
 
     @contextmanager
     def _transaction(self, action: str, *, write: bool = False) -> Iterator[Connection]:
@@ -785,7 +1221,16 @@ class AttributeStore:
         if plan:
             conn.execute(
                 _stage_rules.insert(),
-                [{"attr_idx": a.idx, "attribute": a.name, "threshold": a.threshold} for a in plan],
+                [
+                    {
+                        "attr_idx": a.idx,
+                        "attribute": a.name,
+                        "threshold": a.threshold,
+                        "rel_threshold": a.rel_threshold,
+                        "text_len": a.text_len,
+                    }
+                    for a in plan
+                ],
             )
 
     def _fill_stage(self, conn: Connection, table: pa.Table, plan: list[_Attribute]) -> None:
@@ -798,17 +1243,28 @@ class AttributeStore:
             self._copy_stage(driver, batches, plan)
             conn.exec_driver_sql("ANALYZE churnsync_stage")  # temp tables get no autovacuum statistics
             return
+        # SQLite: one wide row per customer (a quarter of the bound parameters of long rows), expanded to the
+        # long stage by SQL inside SQLite, one INSERT ... SELECT per attribute.
         cursor = driver.cursor()
+        values = [f"v{a.idx}" for a in plan]
         try:
+            cursor.execute("DROP TABLE IF EXISTS temp.churnsync_wide")
+            cursor.execute(f"CREATE TEMPORARY TABLE churnsync_wide (customer_id, {', '.join(values)})")
+            insert = f"INSERT INTO temp.churnsync_wide VALUES (?{', ?' * len(plan)})"
             for batch in batches:
                 ids = batch.column("customer_id").cast("string").to_pylist()
+                columns = []
                 for attr in plan:
                     numbers, texts = _column_values(batch, attr)
-                    cursor.executemany(
-                        "INSERT INTO temp.churnsync_stage (customer_id, attr_idx, num_value, text_value) "
-                        "VALUES (?, ?, ?, ?)",
-                        zip(ids, repeat(attr.idx), numbers.to_pylist(), texts.to_pylist(), strict=False),
-                    )
+                    columns.append((numbers if attr.kind == "num" else texts).to_pylist())
+                cursor.executemany(insert, zip(ids, *columns, strict=True))
+            for attr, column in zip(plan, values, strict=True):
+                typed = f"{column}, NULL" if attr.kind == "num" else f"NULL, {column}"
+                cursor.execute(
+                    "INSERT INTO temp.churnsync_stage (customer_id, attr_idx, num_value, text_value) "
+                    f"SELECT customer_id, {attr.idx}, {typed} FROM temp.churnsync_wide"
+                )
+            cursor.execute("DROP TABLE temp.churnsync_wide")
         finally:
             cursor.close()
 
@@ -841,56 +1297,95 @@ class AttributeStore:
                 pacsv.write_csv(pa.concat_tables(parts), buffer, options)
                 copy.write(buffer.getbuffer())
 
-    def _apply_stage(self, conn: Connection, run_id: int, now: datetime, *, scored: int) -> WriteSummary:
-        """Append changed values to the history, then upsert exactly those into the current values."""
+    def _apply_stage(
+        self, conn: Connection, run_id: int, now: datetime, plan: list[_Attribute], *, scored: int
+    ) -> WriteSummary:
+        """Append changed values to the history, then upsert exactly those into the current values.
+
+        Set-based in two steps: first every value that changed by its own rule (tolerances, granularity);
+        then, for attributes with ``unless_changed``, values that moved at all while a coupled attribute of the
+        same customer changed in the first step.
+        """
         h, v, st, rules = s.attribute_history, s.attribute_values, _stage, _stage_rules
         first_id = conn.execute(sa.select(sa.func.coalesce(sa.func.max(h.c.id), 0))).scalar_one()
+        if any(a.text_len is not None for a in plan):
+            cut = sa.func.coalesce(rules.c.text_len, 1_000_000_000)
+            text_changed = sa.func.substr(st.c.text_value, 1, cut).is_distinct_from(
+                sa.func.substr(v.c.text_value, 1, cut)
+            )
+        else:
+            text_changed = st.c.text_value.is_distinct_from(v.c.text_value)
+        moved = sa.func.abs(st.c.num_value - v.c.num_value)
+        num_changed = sa.and_(
+            # threshold is 0 for an exact compare; `<>` keeps an equal number from counting then.
+            moved >= rules.c.threshold,
+            st.c.num_value != v.c.num_value,
+        )
+        if any(a.rel_threshold > 0 for a in plan):
+            num_changed = sa.and_(num_changed, moved >= rules.c.rel_threshold * sa.func.abs(v.c.num_value))
         changed = sa.or_(
-            st.c.text_value.is_distinct_from(v.c.text_value),
+            text_changed,
             sa.and_(st.c.num_value.is_(None), v.c.num_value.is_not(None)),
             sa.and_(st.c.num_value.is_not(None), v.c.num_value.is_(None)),
-            # threshold is 0 for an exact compare; `<>` keeps an equal number from counting then.
-            sa.and_(
-                sa.func.abs(st.c.num_value - v.c.num_value) >= rules.c.threshold,
-                st.c.num_value != v.c.num_value,
-            ),
+            num_changed,
         )
-        candidates = (
-            sa.select(
-                st.c.customer_id,
-                rules.c.attribute,
-                v.c.num_value,
-                v.c.text_value,
-                st.c.num_value,
-                st.c.text_value,
-                sa.literal(run_id, sa.Integer),
-                sa.literal(now, s.UtcDateTime()),
-            )
-            .select_from(
-                st.join(rules, rules.c.attr_idx == st.c.attr_idx).outerjoin(
-                    v, sa.and_(v.c.customer_id == st.c.customer_id, v.c.attribute == rules.c.attribute)
+        columns = [
+            "customer_id",
+            "attribute",
+            "old_num",
+            "old_text",
+            "new_num",
+            "new_text",
+            "prediction_run_id",
+            "changed_at",
+        ]
+        joined = st.join(rules, rules.c.attr_idx == st.c.attr_idx).outerjoin(
+            v, sa.and_(v.c.customer_id == st.c.customer_id, v.c.attribute == rules.c.attribute)
+        )
+        row = (
+            st.c.customer_id,
+            rules.c.attribute,
+            v.c.num_value,
+            v.c.text_value,
+            st.c.num_value,
+            st.c.text_value,
+            sa.literal(run_id, sa.Integer),
+            sa.literal(now, s.UtcDateTime()),
+        )
+        # In key order, history ids and the current values' clustered key grow together: B-tree appends.
+        candidates = sa.select(*row).select_from(joined).where(changed).order_by(st.c.customer_id, rules.c.attribute)
+        conn.execute(h.insert().from_select(columns, candidates))
+        this_write = sa.and_(h.c.id > first_id, h.c.prediction_run_id == run_id)
+        for attr in plan:
+            if not attr.unless_changed:
+                continue
+            h2 = h.alias("coupled")
+            mine = h.alias("mine")
+            # Uncorrelated: evaluated once into a hash/ephemeral index, then probed per staged row.
+            coupled_changed = st.c.customer_id.in_(
+                sa.select(h2.c.customer_id).where(
+                    h2.c.id > first_id,
+                    h2.c.prediction_run_id == run_id,
+                    h2.c.attribute.in_(attr.unless_changed),
                 )
             )
-            .where(changed)
-            # In key order, history ids and the current values' clustered key grow together: B-tree appends.
-            .order_by(st.c.customer_id, rules.c.attribute)
-        )
-        conn.execute(
-            h.insert().from_select(
-                [
-                    "customer_id",
-                    "attribute",
-                    "old_num",
-                    "old_text",
-                    "new_num",
-                    "new_text",
-                    "prediction_run_id",
-                    "changed_at",
-                ],
-                candidates,
+            already = sa.exists().where(
+                mine.c.id > first_id,
+                mine.c.prediction_run_id == run_id,
+                mine.c.customer_id == st.c.customer_id,
+                mine.c.attribute == attr.name,
             )
-        )
-        this_write = sa.and_(h.c.id > first_id, h.c.prediction_run_id == run_id)
+            moved_at_all = sa.or_(
+                st.c.num_value != v.c.num_value,
+                st.c.text_value != v.c.text_value,
+            )
+            coupled = (
+                sa.select(*row)
+                .select_from(joined)
+                .where(st.c.attr_idx == attr.idx, moved_at_all, coupled_changed, ~already)
+                .order_by(st.c.customer_id)
+            )
+            conn.execute(h.insert().from_select(columns, coupled))
         values_changed = conn.execute(sa.select(sa.func.count()).where(this_write)).scalar_one()
         # Per changed customer (not per value): is it new, i.e. without any current value before this write?
         touched = sa.select(h.c.customer_id).where(this_write).distinct().subquery("touched")
@@ -921,6 +1416,23 @@ class AttributeStore:
             customers_new=int(customers_new),
             customers_changed=int(customers_changed),
             values_changed=int(values_changed),
+        )
+
+    def _mark_scored(self, conn: Connection, run_id: int, plan: list[_Attribute]) -> None:
+        """Record ``run_id`` as the last run that scored every staged customer (one staged row per customer)."""
+        if not plan:
+            return
+        c, st = s.customers, _stage
+        upsert = _dialect_insert(self._dialect, c).from_select(
+            ["customer_id", "first_run_id", "last_run_id"],
+            sa.select(st.c.customer_id, sa.literal(run_id, sa.Integer), sa.literal(run_id, sa.Integer)).where(
+                st.c.attr_idx == plan[0].idx
+            ),
+        )
+        conn.execute(
+            upsert.on_conflict_do_update(
+                index_elements=[c.c.customer_id], set_={"last_run_id": upsert.excluded.last_run_id}
+            )
         )
 
     # ------------------------------------------------------------------ internals: syncing
@@ -963,50 +1475,77 @@ class AttributeStore:
         else:
             conn.exec_driver_sql(sql, [(sync_run_id, seq, c, r) for c, r in failures])
 
-    def _changes_query(self, destination: str) -> sa.Select[Any]:
-        v, d = s.attribute_values, s.destination_state
+    def _changes_query(self, conn: Connection, destination: str, *, mirror: bool, cutoff: datetime | None) -> Any:
+        v, d, c, runs = s.attribute_values, s.destination_state, s.customers, s.prediction_runs
         acknowledged = sa.and_(
             d.c.destination == destination,
             d.c.customer_id == v.c.customer_id,
             d.c.attribute == v.c.attribute,
         )
+        dropped: list[Any] = []
+        if mirror:
+            latest = conn.execute(sa.select(sa.func.max(runs.c.id)).where(runs.c.status == "succeeded")).scalar()
+            if latest is not None:  # no succeeded run yet: nobody is "no longer scored"
+                dropped.append(c.c.last_run_id < sa.literal_column(str(int(latest))))
+        if cutoff is not None:
+            expired = list(conn.execute(sa.select(runs.c.id).where(runs.c.started_at < cutoff)).scalars())
+            if expired:
+                dropped.append(c.c.last_run_id.in_([sa.literal_column(str(int(i))) for i in expired]))
+        source: Any = v.outerjoin(d, acknowledged)
+        num: Any = v.c.num_value
+        text: Any = v.c.text_value
+        if dropped:
+            source = source.outerjoin(c, c.c.customer_id == v.c.customer_id)
+            # Integers inline (not bound): the query is rendered to text for the driver's cursor.
+            keep = sa.not_(sa.func.coalesce(sa.or_(*dropped), sa.false()))
+            num = sa.case((keep, v.c.num_value), else_=sa.null())
+            text = sa.case((keep, v.c.text_value), else_=sa.null())
         # Never acknowledged = null at the destination: IS DISTINCT FROM against the outer join's nulls.
         return (
-            sa.select(v.c.customer_id, v.c.attribute, v.c.num_value, v.c.text_value)
-            .select_from(v.outerjoin(d, acknowledged))
-            .where(
-                sa.or_(
-                    v.c.num_value.is_distinct_from(d.c.num_value),
-                    v.c.text_value.is_distinct_from(d.c.text_value),
-                )
-            )
+            sa.select(v.c.customer_id, v.c.attribute, num, text)
+            .select_from(source)
+            .where(sa.or_(num.is_distinct_from(d.c.num_value), text.is_distinct_from(d.c.text_value)))
             .order_by(v.c.customer_id, v.c.attribute)
         )
 
-    def _stream_changes(self, destination: str, chunk_size: int) -> Iterator[list[Change]]:
-        query = self._changes_query(destination)
-        # The result is closed explicitly: a consumer that stops early must not leave PostgreSQL's server
-        # cursor open.
-        with (
-            self._transaction(f"select the changes for {destination}") as conn,
-            conn.execute(query.execution_options(yield_per=SELECT_FETCH_ROWS)) as result,
-        ):
-            chunk: list[Change] = []
-            customer: str | None = None
-            values: dict[str, Value] = {}
-            for customer_id, attribute, num, text in result:
-                if customer_id != customer:
+    def _stream_changes(
+        self, destination: str, chunk_size: int, *, mirror: bool = False, cutoff: datetime | None = None
+    ) -> Iterator[list[Change]]:
+        with self._transaction(f"select the changes for {destination}") as conn:
+            query = self._changes_query(conn, destination, mirror=mirror, cutoff=cutoff)
+            # Every parameter is a string or an integer: rendered inline, the query runs on the driver's own
+            # cursor (a server-side one on PostgreSQL), without SQLAlchemy's per-row result processing.
+            sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+            driver: Any = conn.connection.driver_connection
+            cursor = driver.cursor(name="churnsync_changes") if self._dialect == "postgresql" else driver.cursor()
+            try:
+                cursor.execute(sql)
+                yield from self._group_changes(cursor, chunk_size)
+            finally:
+                # Closed explicitly: a consumer that stops early must not leave PostgreSQL's server cursor open.
+                cursor.close()
+
+    @staticmethod
+    def _group_changes(cursor: Any, chunk_size: int) -> Iterator[list[Change]]:
+        chunk: list[Change] = []
+        customer: str | None = None
+        values: dict[str, Value] = {}
+        # Whole fetched blocks grouped by customer in C (groupby), not row by row through a result object.
+        while rows := cursor.fetchmany(SELECT_FETCH_ROWS):
+            for customer_id, group in groupby(rows, key=itemgetter(0)):
+                if customer_id != customer:  # else: the customer continues from the previous block
                     if customer is not None:
                         chunk.append(Change(customer, values))
                         if len(chunk) >= chunk_size:
                             yield chunk
                             chunk = []
                     customer, values = customer_id, {}
-                values[attribute] = _to_value(num, text)
-            if customer is not None:
-                chunk.append(Change(customer, values))
-            if chunk:
-                yield chunk
+                for _, attribute, num, text in group:
+                    values[attribute] = float(num) if num is not None else text
+        if customer is not None:
+            chunk.append(Change(customer, values))
+        if chunk:
+            yield chunk
 
 
-__all__ = ["AttributeStore", "HistoryEntry", "WriteSummary", "alembic_config"]
+__all__ = ["AttributeStore", "CompactSummary", "HistoryEntry", "WriteSummary", "alembic_config"]

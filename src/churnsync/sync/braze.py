@@ -51,20 +51,25 @@ from churnsync.config import BrazeDestination
 from churnsync.errors import ConfigError, DestinationAuthError
 from churnsync.records import BatchOutcome, Change, ObjectFailure, SyncCounts
 
-__all__ = ["build_payload", "push_changes", "push_changes_async", "track_url"]
+__all__ = ["batches", "build_payload", "encode_payload", "push_changes", "push_changes_async", "track_url"]
 
 log = logging.getLogger(__name__)
 
 #: First backoff ceiling; each transient failure doubles it, up to BACKOFF_CAP_SECONDS (full jitter below it).
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 30.0
-#: Workers resume after a pause spread over this share of the rate window, so they do not all hit at once.
+#: Workers resume after a 429 pause spread over this share of the rate window, so they do not all hit at once.
 JITTER_SHARE = 0.1
+#: A window that is merely used up (no 429) reopens for everyone at once: a small spread is enough, and a large
+#: one leaves the limit unused (0.1 of the window cost ~5 % of the limit in bench/sync.py).
+CAPACITY_JITTER_SHARE = 0.01
 #: Hosts where plain http is acceptable: the key never leaves the machine.
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _REASON_LENGTH = 300
 
 Sleep = Callable[[float], Awaitable[None]]
+#: Called once per batch before its first request: (seq, the changes sent, the exact body).
+OnSend = Callable[[int, list[Change], bytes], None]
 Clock = Callable[[], float]
 
 
@@ -103,12 +108,23 @@ def build_payload(changes: Sequence[Change], destination: BrazeDestination) -> d
 
 
 def _objects(changes: Sequence[Change], destination: BrazeDestination) -> list[dict[str, Any]]:
+    """One attributes object per Change: identifier, update flag, then the attributes under their sent names."""
     prefix = destination.attribute_prefix
+    rename = destination.attribute_rename
     base: dict[str, Any] = {"_update_existing_only": True} if destination.update_existing_only else {}
+    identifier = destination.identifier
+    label = destination.alias_label
     objects = []
     for change in changes:
-        obj = {"external_id": change.customer_id, **base}
-        if prefix:
+        if identifier == "external_id":
+            obj = {"external_id": change.customer_id, **base}
+        elif identifier == "user_alias":
+            obj = {"user_alias": {"alias_name": change.customer_id, "alias_label": label}, **base}
+        else:
+            obj = {"email": change.customer_id, **base}
+        if rename:
+            obj.update({prefix + rename.get(name, name): value for name, value in change.values.items()})
+        elif prefix:
             obj.update({prefix + name: value for name, value in change.values.items()})
         else:
             obj.update(change.values)
@@ -203,16 +219,18 @@ class RateLimiter:
         """Requests this run may make per window (after what the server's ``X-RateLimit-Limit`` said)."""
         return self._cap
 
-    def _jitter(self) -> float:
-        return self._rng.uniform(0.0, self._window * JITTER_SHARE)
+    def _jitter(self, share: float = JITTER_SHARE) -> float:
+        return self._rng.uniform(0.0, self._window * share)
 
     async def acquire(self, deadline: float) -> bool:
         """Wait for a request slot; ``False`` (without waiting) when the wait would end after ``deadline``."""
         while True:
             t = self._now()
+            share = JITTER_SHARE
             if self._paused_until > t:
                 wait = self._paused_until - t
             else:
+                share = CAPACITY_JITTER_SHARE
                 if t >= self._window_end:
                     self._window_end = t + self._window
                     self._used = 0
@@ -228,7 +246,7 @@ class RateLimiter:
                 else:
                     assert self._server_reset is not None
                     wait = self._server_reset - t
-            wait = max(wait, 0.0) + self._jitter()
+            wait = max(wait, 0.0) + self._jitter(share)
             if t + wait > deadline:
                 return False
             await self._sleep(wait)
@@ -375,6 +393,7 @@ class _Run:
         client: httpx.AsyncClient,
         url: httpx.URL,
         on_batch: Callable[[BatchOutcome], None],
+        on_send: OnSend | None,
         sleep: Sleep,
         now: Clock,
         rng: random.Random,
@@ -384,6 +403,7 @@ class _Run:
         self.client = client
         self.url = url
         self.on_batch = on_batch
+        self.on_send = on_send
         self.sleep = sleep
         self.now = now
         self.rng = rng
@@ -407,6 +427,8 @@ class _Run:
         body, changes, objects = self._encodable(changes, objects, settled)
         status = 0
         if changes:
+            if self.on_send is not None:  # the journal's "intended" row, committed before the first byte is sent
+                self.on_send(seq, changes, body)
             self.counts.sent += len(changes)
             status = await self._settle(changes, objects, body, deadline, settled)
         outcome = BatchOutcome(
@@ -564,6 +586,7 @@ async def push_changes_async(
     destination: BrazeDestination,
     api_key: str,
     on_batch: Callable[[BatchOutcome], None],
+    on_send: OnSend | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     sleep: Sleep = asyncio.sleep,
     now: Clock = time.time,
@@ -572,7 +595,8 @@ async def push_changes_async(
     """Send every Change in ``chunks`` to Braze; report each batch to ``on_batch`` after its final answer.
 
     ``chunks`` is read lazily (memory stays flat however many customers change); each customer must appear
-    once in it. ``on_batch`` runs on the event loop thread, one batch at a time: the caller records
+    once in it. ``on_send`` (optional) runs before a batch's first request, with the exact body: the sync
+    journals its intent there. ``on_batch`` runs on the event loop thread, one batch at a time: the caller records
     acknowledged state there. ``now`` must be wall-clock epoch seconds (it is compared with
     ``X-RateLimit-Reset``). Raises :class:`DestinationAuthError` on 401/403/404 (batches reported before
     stay reported) and :class:`ConfigError` for an endpoint that would expose the key.
@@ -600,6 +624,7 @@ async def push_changes_async(
             client=client,
             url=httpx.URL(url),  # parsed once, not per request
             on_batch=on_batch,
+            on_send=on_send,
             sleep=sleep,
             now=now,
             rng=rng if rng is not None else random.Random(),
@@ -634,6 +659,7 @@ def push_changes(
     destination: BrazeDestination,
     api_key: str,
     on_batch: Callable[[BatchOutcome], None],
+    on_send: OnSend | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     sleep: Sleep = asyncio.sleep,
     now: Clock = time.time,
@@ -647,9 +673,20 @@ def push_changes(
             destination=destination,
             api_key=api_key,
             on_batch=on_batch,
+            on_send=on_send,
             transport=transport,
             sleep=sleep,
             now=now,
             rng=rng,
         )
     )
+
+
+def encode_payload(changes: Sequence[Change], destination: BrazeDestination) -> bytes:
+    """The exact ``/users/track`` body :func:`push_changes` sends for ``changes`` (dry runs write it out)."""
+    return _encode(_objects(changes, destination))
+
+
+def batches(chunks: Iterable[list[Change]], size: int) -> Iterator[list[Change]]:
+    """``chunks`` re-cut into requests of ``size`` customers, as :func:`push_changes` cuts them."""
+    return _batches(chunks, size)

@@ -8,7 +8,8 @@ engineer would look at: data points and contract violations.
 
 Endpoints::
 
-    POST /users/track                  Bearer auth, rate limited
+    POST /users/track                  Bearer auth, rate limited; faults injected as configured (FAULTS)
+    POST /users/export/ids             Bearer auth, 250 requests/min; ≤ 50 external_ids or user_aliases per request
     GET  /_emulator/users              every profile: {external_id: {attribute: value}}
     GET  /_emulator/users/{id}         one profile (404 if unknown)
     POST /_emulator/users              {"external_ids": [...]}: pre-create known, empty profiles
@@ -24,13 +25,15 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import logging
 import math
+import random
 import re
 import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -39,16 +42,18 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from churnsync.errors import ChurnsyncError
 
 __all__ = [
+    "FAULTS",
     "EmulatorConfig",
     "EmulatorState",
     "RunningEmulator",
     "build_app",
+    "parse_faults",
     "serve_forever",
     "serve_in_thread",
 ]
@@ -116,6 +121,51 @@ class EmulatorConfig:
     create_unknown_users: bool = False
     #: Profiles that exist in the workspace before anything is sent (as empty profiles).
     known_external_ids: frozenset[str] = frozenset()
+    #: Injected faults: the probability of each per ``/users/track`` request (see :data:`FAULTS`).
+    faults: Mapping[str, float] = field(default_factory=dict)
+    #: Seconds a "slow" fault holds the answer back.
+    slow_seconds: float = 2.0
+    #: Seed of the faults' random generator (the same seed, the same faults in the same request order).
+    fault_seed: int = 0
+    #: ``/users/export/ids``: Braze allows 250 requests per minute on newer workspaces, 50 ids per request.
+    export_rate_limit_requests: int = 250
+    export_rate_limit_window_seconds: float = 60.0
+    max_export_ids: int = 50
+
+    def __post_init__(self) -> None:
+        unknown = set(self.faults) - set(FAULTS)
+        bad = [k for k, p in self.faults.items() if not 0.0 <= p <= 1.0]
+        if unknown or bad:
+            raise ChurnsyncError(
+                f"Braze emulator: unknown faults {sorted(unknown)} or probabilities outside 0-1 for {sorted(bad)}",
+                remedy=f"Use faults among {', '.join(FAULTS)} with probabilities from 0 to 1",
+            )
+
+
+#: The faults the emulator can inject, and what each does to one request.
+FAULTS = {
+    "429": "answer 429 with the rate-limit headers, apply nothing",
+    "5xx": "answer 500 or 503 (JSON), apply nothing",
+    "html": "answer 502 with an HTML error page (a proxy's), apply nothing",
+    "slow": "hold the answer back slow_seconds (a client timeout may fire; the request is still applied)",
+    "drop": "apply the request, then drop the connection before the body of the answer",
+    "object": "per object: refuse it with a per-object error in a 201",
+}
+
+
+def parse_faults(text: str) -> dict[str, float]:
+    """``"429=0.05,5xx=0.02,drop=0.01"`` as a mapping (the emulator's ``--faults`` option)."""
+    faults: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        try:
+            faults[name.strip()] = float(value)
+        except ValueError:
+            raise ChurnsyncError(
+                f"Braze emulator: fault {part!r} is not NAME=PROBABILITY",
+                remedy="Write faults as 429=0.05,5xx=0.02,drop=0.01,slow=0.01,object=0.001,html=0.01",
+            ) from None
+    return faults
 
 
 @dataclass
@@ -133,6 +183,8 @@ class _Stats:
     concurrent_user_writes: int = 0
     duplicate_users_in_request: int = 0
     max_requests_in_flight: int = 0
+    faults: Counter[str] = field(default_factory=Counter)
+    export_requests: int = 0
 
     def as_json(self, profiles: int) -> dict[str, Any]:
         return {
@@ -154,6 +206,8 @@ class _Stats:
                 "duplicate_users_in_request": self.duplicate_users_in_request,
             },
             "max_requests_in_flight": self.max_requests_in_flight,
+            "faults": dict(sorted(self.faults.items())),
+            "export_requests": self.export_requests,
             "profiles": profiles,
         }
 
@@ -205,6 +259,7 @@ class EmulatorState:
         self._requests_in_flight = 0
         self._window_start = -math.inf
         self._window_used = 0
+        self._export_window = (-math.inf, 0)
         self.reset()
 
     # -- inspection (any thread) -------------------------------------------------------------------------
@@ -217,6 +272,7 @@ class EmulatorState:
             self._stats = _Stats()
             self._window_start = -math.inf
             self._window_used = 0
+            self._export_window = (-math.inf, 0)
 
     def get_profile(self, external_id: str) -> dict[str, Any] | None:
         """A copy of one profile's attributes, ``None`` when the workspace does not know the id."""
@@ -255,6 +311,14 @@ class EmulatorState:
         with self._lock:
             self._stats.requests[status] += 1
 
+    def count_export(self) -> None:
+        with self._lock:
+            self._stats.export_requests += 1
+
+    def count_fault(self, fault: str, n: int = 1) -> None:
+        with self._lock:
+            self._stats.faults[fault] += n
+
     def count_over_limit(self) -> None:
         with self._lock:
             self._stats.over_limit_batches += 1
@@ -273,6 +337,45 @@ class EmulatorState:
                 return _Admission(False, limit, 0, reset)
             self._window_used += 1
             return _Admission(True, limit, limit - self._window_used, reset)
+
+    def admit_export(self, limit: int, window: float) -> _Admission:
+        """:meth:`admit` for ``/users/export/ids``, which has its own limit."""
+        with self._lock:
+            start = math.floor(self._clock() / window) * window
+            used = self._export_window[1] if self._export_window[0] == start else 0
+            reset = math.ceil(start + window)
+            if used >= limit:
+                return _Admission(False, limit, 0, reset)
+            self._export_window = (start, used + 1)
+            return _Admission(True, limit, limit - used - 1, reset)
+
+    def export(
+        self, external_ids: list[str], aliases: list[tuple[str, str]], email: str | None
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Profiles as ``/users/export/ids`` shows them (custom attributes only), and the unknown ids."""
+        users: list[dict[str, Any]] = []
+        invalid: list[str] = []
+        with self._lock:
+            for external_id in external_ids:
+                profile = self._profiles.get(external_id)
+                if profile is None:
+                    invalid.append(external_id)
+                else:
+                    users.append({"external_id": external_id, "custom_attributes": copy.deepcopy(profile)})
+            for name, label in aliases:
+                profile = self._other_profiles.get(f"user_alias:{label}:{name}")
+                if profile is None:
+                    invalid.append(name)
+                else:
+                    alias = {"alias_name": name, "alias_label": label}
+                    users.append({"user_aliases": [alias], "custom_attributes": copy.deepcopy(profile)})
+            if email is not None:
+                profile = self._other_profiles.get(f"email:{email.lower()}")
+                if profile is None:
+                    invalid.append(email)
+                else:
+                    users.append({"email": email, "custom_attributes": copy.deepcopy(profile)})
+        return users, invalid
 
     def current_window(self, limit: int, window: float) -> _Admission:
         """The rate-limit headers without counting a request (for answers that precede admission)."""
@@ -517,12 +620,46 @@ def _over_limit(arrays: dict[str, list[Any]], config: EmulatorConfig) -> list[st
 
 # -- the app -------------------------------------------------------------------------------------------------
 
+_HTML_ERROR = "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
+
+
+class _DroppedConnection(Exception):
+    """Raised after the status line so that the server closes the connection mid-answer (a "drop" fault)."""
+
+
+def _not_a_drop(record: logging.LogRecord) -> bool:
+    """Keep uvicorn's log free of the tracebacks of connections dropped on purpose."""
+    return not (record.exc_info and isinstance(record.exc_info[1], _DroppedConnection))
+
+
+logging.getLogger("uvicorn.error").addFilter(_not_a_drop)
+
+
+class _Dropped(Response):
+    """An answer that starts and never finishes: the client sees the connection close (after the write)."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=201)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 201, "headers": [(b"content-length", b"100")]})
+        raise _DroppedConnection("dropped by the emulator's fault injection")
+
 
 def build_app(config: EmulatorConfig, state: EmulatorState | None = None) -> Starlette:
     """The emulator as an ASGI app (serve it with uvicorn, or use :func:`serve_in_thread`)."""
     if state is None:
         state = EmulatorState(known_external_ids=config.known_external_ids)
     expected_auth = f"Bearer {config.api_key}"
+    rng = random.Random(config.fault_seed)  # used on the server's event loop only
+    faults = config.faults
+
+    def roll(fault: str) -> bool:
+        p = faults.get(fault, 0.0)
+        if p > 0.0 and rng.random() < p:
+            state.count_fault(fault)
+            return True
+        return False
 
     async def answer(status: int, body: dict[str, Any], headers: dict[str, str]) -> Response:
         if config.latency_seconds > 0:
@@ -545,6 +682,19 @@ def build_app(config: EmulatorConfig, state: EmulatorState | None = None) -> Sta
         headers = admission.headers()
         if not admission.allowed:
             return await answer(429, {"message": "API rate limit exceeded"}, headers)
+        if faults:
+            if roll("429"):
+                return await answer(
+                    429, {"message": "API rate limit exceeded"}, {**headers, "X-RateLimit-Remaining": "0"}
+                )
+            if roll("5xx"):
+                status = rng.choice((500, 503))
+                return await answer(status, {"message": "Internal Server Error"}, headers)
+            if roll("html"):
+                state.count_response(502)
+                return HTMLResponse(_HTML_ERROR, status_code=502)
+            if roll("slow"):
+                await asyncio.sleep(config.slow_seconds)
         try:
             arrays = _parse_body(await request.body())
         except _BadRequest as bad:
@@ -562,6 +712,8 @@ def build_app(config: EmulatorConfig, state: EmulatorState | None = None) -> Sta
             seen: set[str] = set()
             for index, obj in enumerate(objects):
                 try:
+                    if faults and roll("object"):
+                        raise _Invalid("simulated: Braze could not process this object")
                     item = _parse_object(name, obj)
                 except _Invalid as invalid:
                     errors.append({"type": str(invalid), "input_array": name, "index": index})
@@ -580,14 +732,56 @@ def build_app(config: EmulatorConfig, state: EmulatorState | None = None) -> Sta
             state.apply(items, len(errors), duplicates, config.create_unknown_users)
         finally:
             state.end(writers)
-        state.count_response(201)
         body: dict[str, Any] = {"message": "success"}
         if errors:
             body["errors"] = errors
         else:
             # Braze counts what it queued: objects it will skip as unknown users are in the count.
             body["attributes_processed"] = sum(1 for item in items if item.array == "attributes")
+        if faults and roll("drop"):
+            return _Dropped()
+        state.count_response(201)
         return JSONResponse(body, status_code=201, headers=headers)
+
+    async def export_ids(request: Request) -> Response:
+        state.count_export()
+        if request.headers.get("authorization") != expected_auth:
+            return JSONResponse({"message": "Invalid API key"}, status_code=401)
+        admission = state.admit_export(config.export_rate_limit_requests, config.export_rate_limit_window_seconds)
+        if not admission.allowed:
+            return JSONResponse({"message": "API rate limit exceeded"}, status_code=429, headers=admission.headers())
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return JSONResponse({"message": "Invalid JSON"}, status_code=400, headers=admission.headers())
+        ids = body.get("external_ids") or []
+        aliases = body.get("user_aliases") or []
+        email = body.get("email_address")
+        if (
+            not isinstance(ids, list)
+            or not all(isinstance(i, str) for i in ids)
+            or not isinstance(aliases, list)
+            or not all(isinstance(a, dict) and {"alias_name", "alias_label"} <= a.keys() for a in aliases)
+            or (email is not None and not isinstance(email, str))
+        ):
+            return JSONResponse(
+                {"message": "external_ids must be strings; user_aliases objects with alias_name and alias_label"},
+                status_code=400,
+                headers=admission.headers(),
+            )
+        if len(ids) > config.max_export_ids or len(aliases) > config.max_export_ids:
+            return JSONResponse(
+                {"message": f"at most {config.max_export_ids} external_ids or user_aliases per request"},
+                status_code=400,
+                headers=admission.headers(),
+            )
+        users, invalid = state.export(ids, [(a["alias_name"], a["alias_label"]) for a in aliases], email)
+        answer: dict[str, Any] = {"message": "success", "users": users}
+        if invalid:
+            answer["invalid_user_ids"] = invalid
+        return JSONResponse(answer, status_code=201, headers=admission.headers())
 
     async def list_users(request: Request) -> Response:
         return JSONResponse(state.profiles())
@@ -619,6 +813,7 @@ def build_app(config: EmulatorConfig, state: EmulatorState | None = None) -> Sta
     app = Starlette(
         routes=[
             Route("/users/track", track, methods=["POST"]),
+            Route("/users/export/ids", export_ids, methods=["POST"]),
             Route("/_emulator/users", list_users, methods=["GET"]),
             Route("/_emulator/users", add_users, methods=["POST"]),
             Route("/_emulator/users/{external_id:path}", get_user, methods=["GET"]),

@@ -1,0 +1,230 @@
+"""The model registry: every trained churn model saved as JSON in a folder, one sub-folder per version, plus a
+pointer to the model in service; and the quality gate that decides whether a new model may serve.
+
+Layout::
+
+    <model.registry_path>/
+        service.json                    {"version": ..., "since": ...}: the model that scores
+        churn-20260101T060000-1a2b3c4d/
+            model.json                  metadata (features, training window, metrics, library versions,
+                                        gate decision) and the artifact (LightGBM as text, numbers as JSON)
+
+Artifacts are JSON, never pickles, so loading one runs no code. Loading refuses an artifact written with
+another registry format or LightGBM major version, with a message that says to retrain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from churnsync.errors import ModelError
+
+__all__ = [
+    "REGISTRY_FORMAT",
+    "GateDecision",
+    "ModelRecord",
+    "ModelRegistry",
+    "gate",
+    "library_versions",
+]
+
+REGISTRY_FORMAT = 1
+_SERVICE = "service.json"
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a model depends on (and Python's)."""
+    out = {"python": platform.python_version()}
+    for name in ("churnsync", "lightgbm", "scikit-learn", "numpy", "scipy", "duckdb"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def _major(version: str) -> str:
+    return version.split(".", 1)[0]
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Whether a newly trained model may serve, and why."""
+
+    publish: bool
+    reason: str
+
+
+def gate(
+    candidate: dict[str, float],
+    in_service: dict[str, float] | None,
+    *,
+    min_auc: float,
+    min_lift_quality: float,
+    max_auc_drop: float,
+) -> GateDecision:
+    """Decide from validation metrics (``auc``, ``lift_quality``) whether a new model replaces the one in service.
+
+    Refused when its AUC or lift quality is below the floors, or its AUC is more than ``max_auc_drop`` below
+    the model in service.
+    """
+    auc = float(candidate.get("auc", float("nan")))
+    lift = float(candidate.get("lift_quality", float("nan")))
+    if not auc >= min_auc:
+        return GateDecision(False, f"validation AUC {auc:.3f} is below the floor model.gate_min_auc = {min_auc:.3f}")
+    if not lift >= min_lift_quality:
+        return GateDecision(
+            False,
+            f"validation lift quality {lift:.1%} is below the floor "
+            f"model.gate_min_lift_quality = {min_lift_quality:.1%}",
+        )
+    if in_service is not None:
+        served = float(in_service.get("auc", float("nan")))
+        if served == served and auc < served - max_auc_drop:
+            return GateDecision(
+                False,
+                f"validation AUC {auc:.3f} is more than {max_auc_drop:.3f} below the model in service ({served:.3f})",
+            )
+        return GateDecision(True, f"validation AUC {auc:.3f} (in service: {served:.3f}), lift quality {lift:.1%}")
+    return GateDecision(True, f"validation AUC {auc:.3f}, lift quality {lift:.1%}; no model was in service")
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """One saved model: its version id, metadata and artifact."""
+
+    version: str
+    meta: dict[str, Any]
+    artifact: dict[str, Any]
+
+    @property
+    def validation(self) -> dict[str, float]:
+        """The champion's validation metrics."""
+        metrics: dict[str, float] = self.meta.get("metrics", {}).get(self.meta.get("champion", ""), {})
+        return metrics
+
+
+class ModelRegistry:
+    """A folder of saved models (see the module docstring)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def _dir(self, version: str) -> Path:
+        if not version or "/" in version or "\\" in version or version.startswith("."):
+            raise ModelError(
+                f"model registry: {version!r} is not a model version", remedy="See `churnsync models list`"
+            )
+        return self.path / version
+
+    def save(self, artifact: dict[str, Any], meta: dict[str, Any], *, now: datetime | None = None) -> str:
+        """Write a new version and return its id (the in-service pointer is not touched: see :meth:`promote`)."""
+        created = (now or datetime.now(UTC)).astimezone(UTC)
+        body = json.dumps(artifact, sort_keys=True)
+        version = f"churn-{created:%Y%m%dT%H%M%S}-{hashlib.sha256(body.encode()).hexdigest()[:8]}"
+        record = {
+            "registry_format": REGISTRY_FORMAT,
+            "version": version,
+            "created_at": created.isoformat(),
+            "libraries": library_versions(),
+            **meta,
+            "artifact": artifact,
+        }
+        folder = self._dir(version)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / "model.json.tmp"
+            tmp.write_text(json.dumps(record, indent=1, sort_keys=True, allow_nan=True), encoding="utf-8")
+            os.replace(tmp, folder / "model.json")
+        except OSError as exc:
+            raise ModelError(
+                f"model registry: cannot write {folder} ({exc})", remedy="Check model.registry_path and its permissions"
+            ) from None
+        return version
+
+    def update_meta(self, version: str, **changes: Any) -> None:
+        """Merge ``changes`` into a saved version's metadata (e.g. the gate decision)."""
+        file = self._dir(version) / "model.json"
+        record = json.loads(file.read_text(encoding="utf-8"))
+        record.update(changes)
+        tmp = file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True, allow_nan=True), encoding="utf-8")
+        os.replace(tmp, file)
+
+    def promote(self, version: str, *, now: datetime | None = None) -> None:
+        """Make ``version`` the model in service."""
+        self.load(version)
+        pointer = {"version": version, "since": (now or datetime.now(UTC)).astimezone(UTC).isoformat()}
+        tmp = self.path / (_SERVICE + ".tmp")
+        tmp.write_text(json.dumps(pointer), encoding="utf-8")
+        os.replace(tmp, self.path / _SERVICE)
+
+    def in_service(self) -> str | None:
+        """The version that scores, or None."""
+        file = self.path / _SERVICE
+        if not file.exists():
+            return None
+        try:
+            return str(json.loads(file.read_text(encoding="utf-8"))["version"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(
+                f"model registry: {file} is unreadable ({exc})",
+                remedy="Delete it and promote a model with `churnsync train`",
+            ) from None
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Metadata of every saved version (artifact left out), newest first."""
+        if not self.path.is_dir():
+            return []
+        service = self.in_service()
+        out = []
+        for file in sorted(self.path.glob("*/model.json"), reverse=True):
+            try:
+                record = json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            record.pop("artifact", None)
+            record["in_service"] = record.get("version") == service
+            out.append(record)
+        out.sort(key=lambda r: str(r.get("created_at", "")), reverse=True)
+        return out
+
+    def load(self, version: str) -> ModelRecord:
+        """Read a version, refusing one written by an incompatible registry format or LightGBM version."""
+        file = self._dir(version) / "model.json"
+        try:
+            record = json.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ModelError(
+                f"model registry: no model {version!r} in {self.path}", remedy="See `churnsync models list`"
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise ModelError(
+                f"model registry: {file} is unreadable ({exc})", remedy="Retrain with `churnsync train`"
+            ) from None
+        fmt = record.get("registry_format")
+        if fmt != REGISTRY_FORMAT:
+            raise ModelError(
+                f"model registry: {version} was saved in registry format {fmt!r}; this churnsync reads format "
+                f"{REGISTRY_FORMAT}",
+                remedy="Retrain with `churnsync train`",
+            )
+        saved = str(record.get("libraries", {}).get("lightgbm", "absent"))
+        here = library_versions()["lightgbm"]
+        if record.get("artifact", {}).get("state", {}).get("gbm") and _major(saved) != _major(here):
+            raise ModelError(
+                f"model registry: {version} was trained with LightGBM {saved}, incompatible with the installed {here}",
+                remedy="Retrain with `churnsync train`, or install LightGBM " + _major(saved) + ".x",
+            )
+        artifact = record.pop("artifact", None)
+        if not isinstance(artifact, dict):
+            raise ModelError(f"model registry: {version} has no artifact", remedy="Retrain with `churnsync train`")
+        return ModelRecord(version=version, meta=record, artifact=artifact)
