@@ -7,7 +7,14 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "churnsync"
 STAGES = ("events", "features", "models", "store", "sync")
-UPPER = ("churnsync.cli", "churnsync.pipeline", "churnsync.demo", "churnsync.web", "churnsync.schedule", "churnsync.ops")
+UPPER = (
+    "churnsync.cli",
+    "churnsync.pipeline",
+    "churnsync.demo",
+    "churnsync.web",
+    "churnsync.schedule",
+    "churnsync.ops",
+)
 LEAVES = ("config.py", "errors.py", "records.py")
 
 
