@@ -185,9 +185,14 @@ def _shift_to_mean(z: np.ndarray, target: float) -> float:
 _LOGISTIC_INPUTS = ("frequency", "days_since_last", "tenure", "spend_mean")
 
 
+def _log_rfm_columns(q: str) -> list[str]:
+    """The features the logistic challenger reads (before log(1 + x))."""
+    return [f"{q}_days", f"days_since_last_{q}", f"{q}_tenure_days", "spend_mean"]
+
+
 def _log_rfm(frame: CutFrame, q: str) -> np.ndarray:
     """The challenger's inputs: log(1 + x) of repeat days, days since the last purchase, tenure, mean spend."""
-    cols = [f"{q}_days", f"days_since_last_{q}", f"{q}_tenure_days", "spend_mean"]
+    cols = _log_rfm_columns(q)
     idx = [frame.names.index(c) for c in cols]
     x = frame.X[:, idx].copy()
     x[:, 0] -= 1.0
@@ -457,8 +462,31 @@ class ChurnModel:
             "customer_sample_share": min(share, 1.0) if share < 0.9 else 1.0,
             "level_anchor": "calibration_window" if self.label_days == self.horizon_days else "btyd_aggregate",
             "fitted_at": (fit_time or datetime.now(UTC)).isoformat(),
+            "feature_importance": self._importance(booster, logistic, frames[0].names),
         }
         return self
+
+    def _importance(
+        self, booster: Any, logistic: dict[str, list[float]] | None, names: Sequence[str]
+    ) -> dict[str, dict[str, float]]:
+        """Per candidate, each input's share of the model's importance, in marketer words (as ``churn_driver``),
+        summing to 1: the GBM's total split gain, the challenger's absolute standardised coefficients."""
+        out: dict[str, dict[str, float]] = {}
+        raw: dict[str, tuple[Sequence[str], np.ndarray]] = {}
+        if booster is not None:
+            raw["gbm"] = (list(names), np.asarray(booster.feature_importance(importance_type="gain"), dtype=float))
+        if logistic is not None:
+            raw["logistic"] = (_log_rfm_columns(self.qualifying_label), np.abs(np.asarray(logistic["coef"], dtype=float)))
+        for name, (features, weights) in raw.items():
+            total = float(np.nansum(weights))
+            if not total > 0.0:
+                continue  # no split, or all coefficients zero: nothing to rank
+            shares: dict[str, float] = {}
+            for feature, weight in zip(features, weights / total, strict=True):
+                word = _DRIVER_WORDS.get(feature, feature)
+                shares[word] = shares.get(word, 0.0) + float(np.nan_to_num(weight))
+            out[name] = shares
+        return out
 
     @property
     def is_fitted(self) -> bool:
@@ -479,6 +507,13 @@ class ChurnModel:
     def reason_(self) -> str:
         """Why the champion was chosen, in one sentence with the validation figures."""
         return str(self._state()["reason"])
+
+    @property
+    def feature_importance_(self) -> dict[str, dict[str, float]]:
+        """Per candidate, each input's share of importance (see :meth:`_importance`); empty for a model saved
+        before importance was recorded."""
+        value = self._state().get("feature_importance")
+        return dict(value) if isinstance(value, dict) else {}
 
     @property
     def validation_(self) -> dict[str, dict[str, float]]:

@@ -283,6 +283,7 @@ def train_churn_model(
             "champion": model.champion_,
             "champion_reason": model.reason_,
             "metrics": validation,
+            "feature_importance": model.feature_importance_,
             "gate": {"published": decision.publish, "reason": decision.reason, "previous": current},
         },
         now=now,
