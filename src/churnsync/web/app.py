@@ -534,12 +534,7 @@ def _registry(settings: Settings | None) -> dict[str, Any]:
     gains = _curve(current, "gains", champion)
     if gains and "gains" in gains:
         figures["gains"] = charts.gains({champion: gains["gains"]})
-    importance = _curve(current, "feature_importance", champion)
-    if importance:
-        ranked = sorted(
-            ((str(k), float(v)) for k, v in importance.items() if isinstance(v, int | float)), key=lambda kv: -kv[1]
-        )[:20]
-        figures["importance"] = charts.hbars([k for k, _ in ranked], [v for _, v in ranked], "Feature importance")
+    importance_note = _importance_figure(current, champion, figures)
     return {
         "problem": None,
         "path": str(model_settings.registry_path),
@@ -548,7 +543,28 @@ def _registry(settings: Settings | None) -> dict[str, Any]:
         "candidates": candidates,
         "history": list(reversed(history)),
         "figures": figures,
+        "importance_note": importance_note,
     }
+
+
+def _importance_figure(meta: dict[str, Any], champion: str, figures: dict[str, Any]) -> str | None:
+    """Add the champion's feature importance (or, for a champion without inputs to rank, the GBM candidate's) to
+    ``figures``; return why none is shown, or None."""
+    recorded = meta.get("feature_importance")
+    if not isinstance(recorded, dict) or not recorded:
+        return "not recorded for this model (it was saved before churnsync recorded feature importance)"
+    owner = champion if isinstance(recorded.get(champion), dict) else "gbm"
+    importance = recorded.get(owner)
+    if not isinstance(importance, dict) or not importance:
+        return f"not recorded for this model (its champion {champion or '?'} has no inputs to rank)"
+    ranked = sorted(
+        ((str(k), float(v)) for k, v in importance.items() if isinstance(v, int | float)), key=lambda kv: -kv[1]
+    )[:20]
+    title = "Feature importance (share of total)"
+    if owner != champion:
+        title += f": {owner} candidate; the champion {champion} has no inputs to rank"
+    figures["importance"] = charts.hbars([k for k, _ in ranked], [v for _, v in ranked], title)
+    return None
 
 
 def _report(report_dir: Path | None) -> dict[str, Any]:
