@@ -103,6 +103,25 @@ def test_dry_run_from_the_command_line(store: AttributeStore, emulator: RunningE
     assert emulator.state.stats()["requests_total"] == 0
 
 
+def test_dry_run_summary_is_recorded_without_payloads_or_sync_state(
+    store: AttributeStore, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    config = settings(store.url, {"braze": {"endpoint": emulator.url, "batch_size": 7, "attribute_prefix": "cs_"}})
+    assert ledger.dry_runs(store) == []
+    first = tmp_path / "first.ndjson"
+    write_dry_run(store, "braze", config.destinations["braze"], first, now=NOW)
+    write_dry_run(store, "braze", config.destinations["braze"], tmp_path / "second.ndjson", now=NOW)
+    runs = ledger.dry_runs(store)
+    assert [r["path"] for r in runs] == [str((tmp_path / "second.ndjson").resolve()), str(first.resolve())]
+    newest = runs[0]
+    assert newest["destination"] == "braze" and newest["created_at"] == NOW
+    assert (newest["customers"], newest["requests"], newest["data_points"]) == (30, 5, 90)
+    assert newest["data_points_by_attribute"] == {"cs_churn_probability": 30, "cs_churn_risk": 30, "cs_clv_365d": 30}
+    assert "external_id" not in json.dumps(newest, default=str)  # the summary, never the payloads
+    assert store.sync_runs() == [] and store.acknowledged_state("braze") == {}
+    assert ledger.dry_runs(store, limit=1) == runs[:1]
+
+
 # -- budget ---------------------------------------------------------------------------------------------------
 
 

@@ -22,13 +22,17 @@ from churnsync.cli import app as cli
 from churnsync.config import BrazeDestination, Settings, load_settings
 from churnsync.demo import KEY_ENV, run_demo
 from churnsync.errors import ConfigError, StoreError
+from churnsync.models.churn import ChurnModel
+from churnsync.models.registry import ModelRegistry
 from churnsync.models.report import render_html
 from churnsync.pipeline import evaluate_model, predict_and_store, sync_destination
+from churnsync.store import ledger
 from churnsync.store.store import AttributeStore
 from churnsync.sync.emulator import EmulatorConfig, serve_in_thread
+from churnsync.sync.runner import write_dry_run
 from churnsync.web import create_app
 from churnsync.web.auth import TOKEN_ENV, allowed_hosts, is_loopback, required_token
-from churnsync.web.queries import Filter, braze_filters, open_read_only, read_only_url
+from churnsync.web.queries import Filter, braze_filters, open_read_only, payload_preview, read_only_url
 from churnsync.web.server import serve_in_thread as serve_dashboard
 
 NOW = datetime(2026, 6, 30, 12, 0, tzinfo=UTC)
@@ -55,6 +59,10 @@ def fill_store(folder: Path, *, customers: int = 600) -> Filled:
         settings = settings.model_copy(update={"destinations": {**settings.destinations, "braze_strict": strict}})
         with AttributeStore.open(demo.store_url) as store:
             sync_destination(settings, store, "braze_strict", prediction_run_id=2, api_key=SECRET_KEY)
+            # Two dry runs of what Braze refused: one file kept (previewed), one deleted since.
+            write_dry_run(store, "braze_strict", strict, folder / "gone.ndjson", now=NOW)
+            (folder / "gone.ndjson").unlink()
+            write_dry_run(store, "braze_strict", strict, folder / "dry-run.ndjson", now=NOW)
     report = evaluate_model(settings, now=NOW)
     report_dir = folder / "report"
     report_dir.mkdir()
@@ -109,12 +117,83 @@ def test_every_page_answers_and_shows_the_runs(dashboard: str, filled: Filled) -
         assert "BG/NBD parameters per run" in model and "alpha" in model
         assert "Comparison with the baselines" in model and "(champion)" in model  # from the model registry
         assert "baseline BG/NBD P0" in model and 'href="/model/report.html"' in model  # the backtest report
-        assert "feature importance" in model and "Not available yet" in model  # not saved with models yet
+        assert 'id="importance"' in model and "Feature importance (share of total" in model
+        assert 'id="importance-missing"' not in model
         report = client.get("/model/report.html")
         assert report.status_code == 200 and report.text.lstrip().lower().startswith("<!doctype html>")
         predictions = client.get("/predictions").text
         assert "Distribution of churn_probability" in predictions and "Customers per churn_risk" in predictions
         assert "compared with run 1" in predictions
+
+
+def test_training_records_feature_importance_shown_on_the_model_page(dashboard: str, filled: Filled) -> None:
+    registry = ModelRegistry(filled.settings.model.registry_path)
+    version = registry.in_service() or registry.versions()[0]["version"]
+    record = registry.load(version)
+    importance = record.meta["feature_importance"]
+    assert {"gbm", "logistic"} <= set(importance)
+    for shares in importance.values():
+        assert sum(shares.values()) == pytest.approx(1.0) and min(shares.values()) >= 0.0
+    # In marketer words, as churn_driver: the BTYD features are renamed.
+    assert "predicted_inactivity" in importance["gbm"] and "btyd_p_no_purchase" not in importance["gbm"]
+    assert ChurnModel.from_dict(record.artifact).feature_importance_ == importance
+    champion = record.meta["champion"]
+    top = max((importance.get(champion) or importance["gbm"]).items(), key=lambda kv: kv[1])[0]
+    with httpx.Client(base_url=dashboard) as client:
+        page = client.get("/model").text
+    figure = json.loads(page.split('<script type="application/json" id="importance-data">', 1)[1].split("</script>")[0])
+    bars = figure["data"][0]
+    assert bars["orientation"] == "h" and bars["y"][-1] == top  # largest share on top
+    assert sum(bars["x"]) == pytest.approx(1.0, abs=1e-6) or len(bars["x"]) == 20
+
+
+def test_a_model_saved_without_importance_still_loads_and_says_so(filled: Filled, tmp_path: Path) -> None:
+    source = ModelRegistry(filled.settings.model.registry_path)
+    version = source.in_service() or source.versions()[0]["version"]
+    shutil.copytree(source.path / version, tmp_path / "models" / version)
+    file = tmp_path / "models" / version / "model.json"
+    saved = json.loads(file.read_text(encoding="utf-8"))
+    saved.pop("feature_importance")
+    saved["artifact"]["state"].pop("feature_importance")
+    file.write_text(json.dumps(saved), encoding="utf-8")
+    old = ModelRegistry(tmp_path / "models").load(version)
+    assert ChurnModel.from_dict(old.artifact).feature_importance_ == {}
+    model_settings = filled.settings.model.model_copy(update={"registry_path": tmp_path / "models"})
+    settings = filled.settings.model_copy(update={"model": model_settings})
+    with serve_dashboard(create_app(filled.url, settings=settings)) as running, httpx.Client(base_url=running.url) as c:
+        page = c.get("/model").text
+    assert 'id="importance"' not in page and "Feature importance: not recorded for this model" in page
+
+
+def test_syncs_page_lists_dry_runs_with_points_and_a_preview(dashboard: str, filled: Filled) -> None:
+    with AttributeStore(filled.url) as store:
+        runs = ledger.dry_runs(store)
+    assert len(runs) == 2 and all(r["destination"] == "braze_strict" for r in runs)
+    kept, _gone = runs
+    assert kept["customers"] > 0 and kept["data_points"] == sum(kept["data_points_by_attribute"].values())
+    with httpx.Client(base_url=dashboard) as client:
+        page = client.get("/syncs").text
+    section = page.split("<h2>Dry runs</h2>", 1)[1]
+    assert 'id="dry-runs"' in section and "Not available yet" not in section
+    assert kept["path"] in section and f'id="dry-run-{kept["id"]}"' in section
+    for attribute, n in kept["data_points_by_attribute"].items():
+        assert f'<td>{attribute}</td><td class="num">{n:,}</td>' in section
+    first = json.loads(Path(kept["path"]).read_text(encoding="utf-8").splitlines()[0])["attributes"][0]
+    assert f"&#34;external_id&#34;: &#34;{first['external_id']}&#34;" in section  # the preview of the first object
+    assert "No payload preview: the file no longer exists." in section  # the deleted one
+    assert SECRET_KEY not in page
+
+
+def test_payload_preview_masks_secret_looking_keys_and_refuses_other_files(tmp_path: Path) -> None:
+    edited = tmp_path / "edited.ndjson"
+    body = {"api_key": SECRET_KEY, "attributes": [{"external_id": "a", "auth_token": SECRET_KEY, "x": 1}]}
+    edited.write_text(json.dumps(body) + "\n", encoding="utf-8")
+    objects, problem = payload_preview(str(edited))
+    assert problem is None and objects == [{"external_id": "a", "auth_token": "***", "x": 1}]
+    other = tmp_path / "other.txt"
+    other.write_text("root:x:0:0\n", encoding="utf-8")
+    assert payload_preview(str(other)) == ([], "the file is not a churnsync dry run (not NDJSON)")
+    assert payload_preview(str(tmp_path / "none"))[1] == "the file no longer exists"
 
 
 def test_charts_are_binned_not_raw_points(dashboard: str) -> None:

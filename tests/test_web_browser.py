@@ -127,7 +127,7 @@ def test_every_page_loads_without_console_errors_and_draws_its_charts(
     with AttributeStore(filled.url) as store:
         customer = next(iter(store.current_values()))
     SHOTS.mkdir(exist_ok=True)
-    expected_charts = {"/": 1, "/model": 5, "/predictions": 4, f"/customer?id={customer}": 1, "/syncs": 1}
+    expected_charts = {"/": 1, "/model": 6, "/predictions": 4, f"/customer?id={customer}": 1, "/syncs": 1}
     for path in ["/", "/model", "/predictions", f"/customer?id={customer}", "/syncs", "/segments"]:
         open_page(browser, dashboard.url + path)
         assert console_errors(browser) == [], path
@@ -144,6 +144,14 @@ def test_every_page_loads_without_console_errors_and_draws_its_charts(
                 assert ink > MIN_INK_SHARE and colours > 3, f"{path}: chart {chart.get_attribute('id')} looks blank"
         name = path.strip("/").split("?")[0] or "overview"
         browser.save_screenshot(str(SHOTS / f"{name}.png"))
+        if path == "/model":  # the feature importance recorded at training
+            importance = browser.find_element(By.ID, "importance")
+            assert importance.find_elements(By.CSS_SELECTOR, "g.barlayer .point"), "feature importance has no bar"
+            importance.screenshot(str(SHOTS / "model-importance.png"))
+        if path == "/syncs":  # the recorded dry runs, with a payload preview
+            dry = browser.find_element(By.ID, "dry-runs")
+            assert dry.is_displayed() and browser.find_elements(By.CSS_SELECTOR, "details.dry-run[open] pre.payload")
+            dry.find_element(By.XPATH, "./..").screenshot(str(SHOTS / "syncs-dry-runs.png"))
         assert SECRET_KEY not in browser.page_source
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from churnsync.cli._app import AsOfOption, ConfigOption, app, console, err, load_config, parse_date
+from churnsync.cli._app import AsOfOption, ConfigOption, app, console, err, load_config, options, parse_date
 from churnsync.config import DEFAULT_CONFIG_NAME, STARTER_CONFIG
 from churnsync.errors import ConfigError
 
@@ -91,16 +91,51 @@ def run(
     config: ConfigOption = None,
     as_of: AsOfOption = None,
     no_sync: Annotated[bool, typer.Option("--no-sync", help="Predict and store only.")] = False,
+    retrain: Annotated[
+        bool,
+        typer.Option("--retrain", help="Train a new churn model first (the quality gate decides whether it serves)."),
+    ] = False,
 ) -> None:
-    """Read behaviour, predict, store, and sync the changes to every destination."""
-    from churnsync.pipeline import run_pipeline
+    """Read behaviour, predict, store, and sync the changes to every destination.
+
+    The run is guarded like a scheduled one: progress bars with ETA on a terminal, the metrics textfile
+    (observability.metrics_textfile) and an alert to the webhook on a failed run or too many failed customers.
+    """
+    from churnsync.cli.ops import progress_display
+    from churnsync.ops.job import run_job
+    from churnsync.ops.logs import configure_logging, secrets_of
 
     settings = load_config(config)
-    with console.status("running…"):
-        report = run_pipeline(settings, as_of=parse_date(as_of), sync=not no_sync)
-    _render_run(report)
-    if not report.ok:
-        raise typer.Exit(3)
+    configure_logging(
+        json_lines=options.log_json or settings.observability.log_json,
+        quiet=options.quiet,
+        secrets=secrets_of(settings),
+    )
+    metrics = None
+    if settings.observability.metrics_textfile:
+        from churnsync.ops.metrics import RunMetrics
+
+        metrics = RunMetrics()
+    with progress_display() as (on_stage, on_progress):
+        outcome = run_job(
+            settings,
+            retrain=retrain,
+            as_of=parse_date(as_of),
+            sync=not no_sync,
+            on_stage=on_stage,
+            on_progress=on_progress,
+            metrics=metrics,
+            owner="churnsync run",
+            interactive=True,
+        )
+    if outcome.error is not None:
+        raise outcome.error  # one line on stderr and its exit code (churnsync.cli._app.main)
+    assert outcome.report is not None
+    _render_run(outcome.report)
+    if outcome.alert and outcome.alerted:
+        err.print(f"alert sent: {outcome.alert}", markup=False, highlight=False, soft_wrap=True)
+    if outcome.exit_code:
+        raise typer.Exit(outcome.exit_code)
 
 
 @app.command()

@@ -476,7 +476,10 @@ class ChurnModel:
         if booster is not None:
             raw["gbm"] = (list(names), np.asarray(booster.feature_importance(importance_type="gain"), dtype=float))
         if logistic is not None:
-            raw["logistic"] = (_log_rfm_columns(self.qualifying_label), np.abs(np.asarray(logistic["coef"], dtype=float)))
+            raw["logistic"] = (
+                _log_rfm_columns(self.qualifying_label),
+                np.abs(np.asarray(logistic["coef"], dtype=float)),
+            )
         for name, (features, weights) in raw.items():
             total = float(np.nansum(weights))
             if not total > 0.0:

@@ -68,6 +68,11 @@ def post_alert(url: str, text: str, *, secrets: Iterable[str] = (), timeout: flo
     return False
 
 
+def webhook_configured(settings: Settings) -> bool:
+    """Whether the variable named by ``observability.webhook_url_env`` holds a webhook URL."""
+    return bool(os.environ.get(settings.observability.webhook_url_env, "").strip())
+
+
 def send_alert(settings: Settings, text: str, secrets: Iterable[str]) -> bool:
     """Post ``text`` to the configured webhook; False (and a log line) when none is configured."""
     url = os.environ.get(settings.observability.webhook_url_env, "").strip()

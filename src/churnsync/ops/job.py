@@ -6,25 +6,28 @@ metrics textfile when configured, and returns a :class:`JobOutcome` whose ``exit
 convention (0 ok, 1 failed, 2 configuration, 3 partial). Errors are caught and reported in the outcome:
 a scheduler keeps going after a failed run.
 
-Retraining: a tick says whether retraining is due (``schedule.retrain_every_days``). BG/NBD is fitted on
-every run today, so every run retrains it; when ``run_pipeline`` accepts a ``retrain`` keyword (the trained
-churn model's hook), the flag is passed on, and otherwise it is recorded in the logs and metrics only.
+Retraining: a tick says whether retraining is due (``schedule.retrain_every_days``); the flag goes to
+``run_pipeline(retrain=...)``, which trains a new churn model first and lets the quality gate decide whether it
+replaces the model in service. Otherwise the run rescores with the model in service.
+
+The one-off ``churnsync run`` goes through :func:`run_job` too (``interactive=True``): a person reads its
+summary tables, so the start and outcome are not logged again, and an alert is posted only when a webhook is
+configured (no "no webhook" warning under the one-line error).
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import socket
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 from churnsync.errors import ChurnsyncError
-from churnsync.ops.alerts import alert_text, send_alert
+from churnsync.ops.alerts import alert_text, send_alert, webhook_configured
 from churnsync.ops.logs import redact, secrets_of
 
 if TYPE_CHECKING:
@@ -70,6 +73,8 @@ def run_job(
     settings: Settings,
     *,
     retrain: bool = False,
+    as_of: date | None = None,
+    sync: bool = True,
     stop: threading.Event | None = None,
     on_progress: Progress | None = None,
     on_stage: Callable[[str], None] | None = None,
@@ -79,31 +84,36 @@ def run_job(
     api_keys: Mapping[str, str] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     owner: str = "churnsync schedule",
+    interactive: bool = False,
 ) -> JobOutcome:
-    """Run the pipeline once and report it; never raises a :class:`ChurnsyncError` (it is in the outcome)."""
+    """Run the pipeline once and report it; never raises a :class:`ChurnsyncError` (it is in the outcome).
+
+    ``as_of`` and ``sync`` are passed to :func:`~churnsync.pipeline.run_pipeline`; ``interactive`` is the
+    one-off CLI run's mode (see the module's description).
+    """
     from churnsync.pipeline import run_pipeline
 
     secrets = secrets_of(settings)
     started = clock()
     if metrics is not None:
         metrics.run_started(started)
-    kwargs: dict[str, Any] = {}
-    if "retrain" in inspect.signature(run_pipeline).parameters:
-        kwargs["retrain"] = retrain
-    log.info("run starts", extra={"retrain": retrain})
+    if not interactive:
+        log.info("run starts", extra={"retrain": retrain})
     report: RunReport | None = None
     error: ChurnsyncError | None = None
     try:
         report = run_pipeline(
             settings,
             now=now or started,
+            as_of=as_of,
+            sync=sync,
             api_keys=api_keys,
             transport=transport,
             on_stage=on_stage,
             on_progress=on_progress,
             stop=stop,
             lock_owner=lock_owner(owner),
-            **kwargs,
+            retrain=retrain,
         )
     except ChurnsyncError as exc:
         error = exc
@@ -117,7 +127,8 @@ def run_job(
         if status == "succeeded" and len(report.syncs) < len(settings.destinations) and stop and stop.is_set():
             status = "partial"  # stopped after predicting: the skipped syncs run next time
     outcome = JobOutcome(status=status, started=started, finished=finished, report=report, error=error)
-    _log_outcome(outcome, secrets)
+    if not interactive:
+        _log_outcome(outcome, secrets)
     if metrics is not None:
         metrics.run_finished(status=status, started=started, finished=finished, report=report, retrained=retrain)
         if settings.observability.metrics_textfile:
@@ -125,7 +136,7 @@ def run_job(
     outcome.alert = alert_text(
         report, str(error) if error else None, threshold=settings.observability.alert_failed_share
     )
-    if outcome.alert is not None:
+    if outcome.alert is not None and (not interactive or webhook_configured(settings)):
         outcome.alerted = send_alert(settings, outcome.alert, secrets)
     return outcome
 

@@ -12,6 +12,9 @@ for what only the sync needs. Two tables (revision 0003):
 - ``sync_object_failures``: per destination and customer, how many runs in a row Braze refused the object,
   the last reason and a hash of the values tried. After ``quarantine_after_runs`` runs the object is
   quarantined: skipped while its values stay the same, retried as soon as they change, or when released.
+
+And ``sync_dry_runs`` (revision 0004): the summary of each dry run and the path of its NDJSON file, never the
+payloads.
 """
 
 from __future__ import annotations
@@ -36,10 +39,12 @@ __all__ = [
     "InDoubt",
     "acknowledge",
     "data_points_since",
+    "dry_runs",
     "failures",
     "journal_intended",
     "month_start",
     "quarantined",
+    "record_dry_run",
     "record_run_failures",
     "recover_in_doubt",
     "release",
@@ -295,3 +300,45 @@ def sample_acknowledged(store: AttributeStore, destination: str, size: int, seed
             for customer_id, attribute, num, text in rows:
                 state[customer_id][attribute] = float(num) if num is not None else text
     return state
+
+
+def record_dry_run(
+    store: AttributeStore,
+    *,
+    destination: str,
+    path: str,
+    customers: int,
+    requests: int,
+    data_points_by_attribute: Mapping[str, int],
+    at: datetime | None = None,
+) -> int:
+    """Record one dry run's summary (not its payloads, which stay in ``path``); return its id."""
+    d = s.sync_dry_runs
+    by_attribute = {str(k): int(v) for k, v in sorted(data_points_by_attribute.items())}
+    row = {
+        "destination": destination,
+        "created_at": (at or datetime.now(UTC)).astimezone(UTC),
+        "path": path,
+        "customers": int(customers),
+        "requests": int(requests),
+        "data_points": sum(by_attribute.values()),
+        "data_points_by_attribute": json.dumps(by_attribute, separators=(",", ":")),
+    }
+    with store.transaction(f"record a dry run of {destination}", write=True) as conn:
+        key = conn.execute(d.insert().values(**row)).inserted_primary_key
+    return int(key[0]) if key is not None else 0
+
+
+def dry_runs(store: AttributeStore, *, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest recorded dry runs, newest first, with ``data_points_by_attribute`` as a dict."""
+    d = s.sync_dry_runs
+    query = sa.select(d).order_by(d.c.id.desc()).limit(limit)
+    with store.transaction("list dry runs") as conn:
+        rows = [dict(row._mapping) for row in conn.execute(query)]
+    for row in rows:
+        try:
+            parsed = json.loads(row["data_points_by_attribute"])
+        except ValueError:
+            parsed = {}
+        row["data_points_by_attribute"] = parsed if isinstance(parsed, dict) else {}
+    return rows

@@ -285,3 +285,19 @@ sync_object_failures = sa.Table(
     sa.Column("quarantined_at", UtcDateTime, nullable=True),
     sa.PrimaryKeyConstraint("destination", "customer_id"),
 )
+
+#: One row per dry run (``churnsync sync --dry-run --out FILE``): its summary and where the payloads went; the
+#: payloads themselves stay in that file (revision 0004).
+sync_dry_runs = sa.Table(
+    "sync_dry_runs",
+    metadata,
+    sa.Column("id", id_type(), primary_key=True, autoincrement=True),
+    sa.Column("destination", key_type(100), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("customers", sa.BigInteger, nullable=False),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("data_points", sa.BigInteger, nullable=False),
+    sa.Column("data_points_by_attribute", sa.Text, nullable=False),
+    sa.Index(None, "destination", "id"),
+)

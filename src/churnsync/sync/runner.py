@@ -5,7 +5,8 @@
     store.select_changes ─> destination filter (customer id prefixes, include/exclude attributes)
                          ─> quarantine (skip objects whose failing values did not change)
                          ─> budget (per run / per month: priority attributes first, or stop before sending)
-                         ─> dry run: NDJSON of the exact bodies + a summary      (nothing sent, nothing recorded)
+                         ─> dry run: NDJSON of the exact bodies + a summary      (nothing sent; the summary
+                                                                                  recorded in sync_dry_runs)
                          ─> push_changes: journal "intended" → POST → record_batch + journal "acknowledged"
 
 Crash safety comes from the order of writes: a batch's values become acknowledged state only in the
@@ -217,7 +218,11 @@ def plan_changes(
 def write_dry_run(
     store: AttributeStore, name: str, destination: BrazeDestination, out: Path, *, now: datetime | None = None
 ) -> DryRunSummary:
-    """Write the exact request bodies of a run to ``out`` (NDJSON, one request a line); send and record nothing."""
+    """Write the exact request bodies of a run to ``out`` (NDJSON, one request a line); send nothing.
+
+    The summary (not the payloads) is recorded in the store (:func:`churnsync.store.ledger.record_dry_run`) for
+    the dashboard; no sync state changes.
+    """
     from churnsync.sync.braze import batches, encode_payload
 
     summary = DryRunSummary()
@@ -240,6 +245,15 @@ def write_dry_run(
         ) from None
     summary.data_points_by_attribute = dict(sorted(by_attribute.items()))
     summary.data_points = sum(by_attribute.values())
+    ledger.record_dry_run(
+        store,
+        destination=name,
+        path=str(out.resolve()),
+        customers=summary.customers,
+        requests=summary.requests,
+        data_points_by_attribute=summary.data_points_by_attribute,
+        at=now,
+    )
     return summary
 
 

@@ -348,6 +348,7 @@ def create_app(
             runs=runs,
             points_chart=charts.run_bars(runs[:60], "data_points", "Data points per sync run") if runs else None,
             failures=q.sync_failures(store(), have),
+            dry_runs=q.dry_runs(store(), have),
         )
 
     @app.get("/segments", response_class=HTMLResponse)
@@ -559,8 +560,10 @@ def _importance_figure(meta: dict[str, Any], champion: str, figures: dict[str, A
         return f"not recorded for this model (its champion {champion or '?'} has no inputs to rank)"
     ranked = sorted(
         ((str(k), float(v)) for k, v in importance.items() if isinstance(v, int | float)), key=lambda kv: -kv[1]
-    )[:20]
-    title = "Feature importance (share of total)"
+    )
+    title = "Feature importance (share of total"
+    title += f"; the top 20 of {len(ranked)} inputs)" if len(ranked) > 20 else ")"
+    ranked = ranked[:20]
     if owner != champion:
         title += f": {owner} candidate; the champion {champion} has no inputs to rank"
     figures["importance"] = charts.hbars([k for k, _ in ranked], [v for _, v in ranked], title)

@@ -7,6 +7,7 @@ function answers ``None`` for what the store cannot tell yet, and the page says 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -455,6 +456,72 @@ def sync_failures(store: AttributeStore, tables: set[str], *, limit: int = 200) 
                 )
             ]
     return {"by_reason": by_reason, "recent": recent, "quarantine": quarantine, "journal": journal}
+
+
+#: Keys whose values a payload preview never shows (Braze bodies carry none; a file edited by hand might).
+_SECRET_KEY_WORDS = ("key", "token", "secret", "password", "authorization", "auth")
+_PREVIEW_BYTES = 256 * 1024
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: "***" if any(w in str(k).lower() for w in _SECRET_KEY_WORDS) else _redact(v) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
+
+
+def payload_preview(path: str, *, objects: int = 3) -> tuple[list[dict[str, Any]], str | None]:
+    """The first ``objects`` attribute objects of a dry run's NDJSON file (secret-looking keys masked), or why not.
+
+    Reads at most the first 256 KiB, and shows only what has the shape of a ``/users/track`` body.
+    """
+    try:
+        with open(path, "rb") as file:
+            head = file.read(_PREVIEW_BYTES)
+    except FileNotFoundError:
+        return [], "the file no longer exists"
+    except OSError as exc:
+        return [], f"the file cannot be read ({exc.strerror or type(exc).__name__})"
+    found: list[dict[str, Any]] = []
+    lines = head.split(b"\n")
+    if len(head) == _PREVIEW_BYTES:
+        lines = lines[:-1]  # the last line may be cut short
+    for line in lines:
+        if len(found) >= objects or not line.strip():
+            continue
+        try:
+            body = json.loads(line)
+        except ValueError:
+            return found, "the file is not a churnsync dry run (not NDJSON)"
+        attributes = body.get("attributes") if isinstance(body, dict) else None
+        if not isinstance(attributes, list):
+            return found, "the file is not a churnsync dry run (no attributes in a request)"
+        found.extend(_redact(o) for o in attributes[: objects - len(found)] if isinstance(o, dict))
+    if not found:
+        return [], "the file holds no request" if head.strip() == b"" else "no payload in the first 256 KiB"
+    return found, None
+
+
+def dry_runs(
+    store: AttributeStore, tables: set[str], *, limit: int = 20, preview: int = 5
+) -> list[dict[str, Any]] | None:
+    """Recorded dry runs, newest first, each with a preview of its first objects (the newest ``preview`` runs);
+    None when the store predates the dry-run table."""
+    if "sync_dry_runs" not in tables:
+        return None
+    from churnsync.store import ledger
+
+    runs = ledger.dry_runs(store, limit=limit)
+    for index, run in enumerate(runs):
+        if index < preview:
+            run["preview"], run["preview_problem"] = payload_preview(str(run["path"]))
+        else:
+            run["preview"], run["preview_problem"] = [], "not previewed (older run)"
+        run["preview_json"] = [json.dumps(o, indent=1, sort_keys=False) for o in run["preview"]]
+    return runs
 
 
 # ---------------------------------------------------------------------------------------------- segments
