@@ -15,7 +15,7 @@ Four measurements (each can be skipped):
 Defaults are small so ``make bench`` stays quick; docs/benchmarks.md used::
 
     python bench/sync.py --updates 1000000 --customers 1000000 --peer-updates 100000 \
-        --peer-python /tmp/braze-peer/bin/python
+        --peer-python .bench-peer/bin/python
 """
 
 from __future__ import annotations
