@@ -22,25 +22,18 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize
 from scipy.special import betaln, digamma, expit, gammaln, hyp2f1
 
-from churnsync.errors import ConvergenceError, ModelError, NotFittedError
+from churnsync.errors import ConvergenceError, ModelError
+from churnsync.models._mle import LOG_BOUND, MLEModel
 
 __all__ = ["BetaGeoModel", "BetaGeoParams"]
 
-_FORMAT = 1
-_PARAM_NAMES = ("r", "alpha", "a", "b")
-# Log-parameter bounds: exp(±20) spans 2e-9 .. 5e8, far beyond any identified fit. A fit that ends on a
-# bound means the data do not identify that parameter (the MLE lies at 0 or infinity).
-_LOG_BOUND = 20.0
 _RECENCY_TOLERANCE = 1e-6
 # Starting points as (r, alpha multiplier, a, b); alpha = multiplier * r * mean(T) / mean(x), so every start
 # matches the observed purchase rate whatever the time unit.
@@ -220,22 +213,7 @@ def _objective(theta: np.ndarray, data: _FitData, penalizer: float) -> tuple[flo
     return value, gradient
 
 
-def _blas_single_thread() -> contextlib.AbstractContextManager[Any]:
-    """Keep BLAS to one thread while optimising, when ``threadpoolctl`` is installed.
-
-    SciPy's L-BFGS-B calls BLAS on 4×4 problems; multi-threaded OpenBLAS wakes its threads for each call,
-    which cost ~3 ms per iteration on a busy 2-core machine (a 1M-customer fit: 1.5 s instead of 1.0 s).
-    Results are identical either way; only speed differs.
-    """
-    try:
-        threadpoolctl = importlib.import_module("threadpoolctl")
-    except ImportError:
-        return contextlib.nullcontext()
-    limiter: contextlib.AbstractContextManager[Any] = threadpoolctl.threadpool_limits(limits=1, user_api="blas")
-    return limiter
-
-
-class BetaGeoModel:
+class BetaGeoModel(MLEModel[BetaGeoParams]):
     """BG/NBD customer-base model: fit on (frequency, recency, T), then predict per customer.
 
     Parameters
@@ -252,6 +230,13 @@ class BetaGeoModel:
         it; it travels with the parameters so that callers convert day horizons correctly.
     """
 
+    _NAME = "BG/NBD"
+    _KEY = "bgnbd"
+    _PARAM_NAMES = ("r", "alpha", "a", "b")
+    _HYPERPARAMETERS = (*MLEModel._HYPERPARAMETERS, "time_unit_days")
+    _COUNTS = ("n_customers", "n_unique")
+    _params_type = BetaGeoParams
+
     def __init__(
         self,
         *,
@@ -261,42 +246,12 @@ class BetaGeoModel:
         max_iter: int = 2000,
         time_unit_days: float = 1.0,
     ) -> None:
-        if n_starts < 1:
-            raise ModelError(f"BG/NBD: n_starts must be at least 1 (got {n_starts})", remedy="Use 4")
-        if not (penalizer >= 0.0 and math.isfinite(penalizer)):
-            raise ModelError(f"BG/NBD: penalizer must be >= 0 (got {penalizer})", remedy="Use 0.0 or e.g. 0.001")
-        if not (tol > 0.0 and max_iter >= 1):
-            raise ModelError(f"BG/NBD: tol must be > 0 and max_iter >= 1 (got {tol}, {max_iter})")
-        if not (time_unit_days > 0.0 and math.isfinite(time_unit_days)):
-            raise ModelError(f"BG/NBD: time_unit_days must be > 0 (got {time_unit_days})", remedy="Use 1 or 7")
-        self.n_starts = int(n_starts)
-        self.penalizer = float(penalizer)
-        self.tol = float(tol)
-        self.max_iter = int(max_iter)
-        self.time_unit_days = float(time_unit_days)
-        self._params: BetaGeoParams | None = None
-        self.log_likelihood_: float = math.nan
-        self.n_customers_: int = 0
+        self._init_mle(n_starts, penalizer, tol, max_iter, default_starts=4)
+        self.time_unit_days = self._check_time_unit(time_unit_days)
         self.n_unique_: int = 0
         self.n_iterations_: int = 0
 
-    def __repr__(self) -> str:
-        fitted = (
-            "unfitted" if self._params is None else ", ".join(f"{k}={v:.4g}" for k, v in asdict(self._params).items())
-        )
-        return f"BetaGeoModel({fitted})"
-
     # ------------------------------------------------------------------ fitting
-
-    def hyperparameters(self) -> dict[str, Any]:
-        """The constructor arguments, as a dict."""
-        return {
-            "n_starts": self.n_starts,
-            "penalizer": self.penalizer,
-            "tol": self.tol,
-            "max_iter": self.max_iter,
-            "time_unit_days": self.time_unit_days,
-        }
 
     def _starts(self, data: _FitData) -> list[np.ndarray]:
         rate = max(data.mean_x, 1e-2) / max(data.mean_T, 1e-6)
@@ -304,7 +259,7 @@ class BetaGeoModel:
         rng = np.random.default_rng(20050301)
         while len(starts) < self.n_starts:
             starts.append(starts[0] + rng.normal(0.0, 1.0, size=4))
-        return [np.clip(s, -_LOG_BOUND + 1.0, _LOG_BOUND - 1.0) for s in starts[: self.n_starts]]
+        return [np.clip(s, -LOG_BOUND + 1.0, LOG_BOUND - 1.0) for s in starts[: self.n_starts]]
 
     def fit(self, frequency: Any, recency: Any, T: Any, weights: Any = None) -> BetaGeoModel:
         """Fit by maximum likelihood to one row per customer (or group, with ``weights``); returns ``self``."""
@@ -323,71 +278,16 @@ class BetaGeoModel:
                 "BG/NBD: no customer has a repeat purchase, so the dropout process cannot be estimated",
                 remedy="Use a longer history or a more frequent qualifying event",
             )
-        bounds = [(-_LOG_BOUND, _LOG_BOUND)] * 4
-        best: Any = None
-        reasons: list[str] = []
-        iterations = 0
-        with np.errstate(all="ignore"), _blas_single_thread():
-            for start in self._starts(data):
-                value, _ = _objective(start, data, self.penalizer)
-                if not math.isfinite(value):
-                    reasons.append("non-finite likelihood at the starting point")
-                    continue
-                result = minimize(
-                    _objective,
-                    start,
-                    args=(data, self.penalizer),
-                    jac=True,
-                    method="L-BFGS-B",
-                    bounds=bounds,
-                    options={"maxiter": self.max_iter, "ftol": self.tol, "gtol": self.tol * 100},
-                )
-                iterations += int(result.nit)
-                finite = math.isfinite(float(result.fun)) and bool(np.all(np.isfinite(result.x)))
-                # A line-search stop right at the optimum is common in double precision: accept it when
-                # the gradient is flat.
-                flat = bool(np.all(np.isfinite(result.jac))) and float(np.max(np.abs(result.jac))) < 1e-5
-                if not (finite and (bool(result.success) or flat)):
-                    reasons.append(str(result.message))
-                    continue
-                if best is None or float(result.fun) < float(best.fun):
-                    best = result
-        if best is None:
-            raise ConvergenceError(
-                f"BG/NBD: no starting point converged ({'; '.join(sorted(set(reasons)))})",
-                remedy="Try a small penalizer (e.g. 0.001) or check the RFM features",
-            )
-        at_bound = [name for name, v in zip(_PARAM_NAMES, best.x, strict=True) if abs(v) > _LOG_BOUND - 1e-3]
-        if at_bound:
-            raise ConvergenceError(
-                f"BG/NBD: parameter(s) {', '.join(at_bound)} ran to the edge of the search range "
-                "(the data do not identify them)",
-                remedy="Try a small penalizer (e.g. 0.001) or a longer history with more repeat purchases",
-            )
-        r, alpha, a, b = (float(v) for v in np.exp(best.x))
-        self._params = BetaGeoParams(r=r, alpha=alpha, a=a, b=b)
-        penalty = self.penalizer * (r * r + alpha * alpha + a * a + b * b)
-        self.log_likelihood_ = -(float(best.fun) - penalty) * data.total
+        best, iterations = self._minimize(
+            _objective, self._starts(data), (data,), jac=True, gtol=self.tol * 100, flat_tol=1e-5
+        )
+        self._set_fit(best, data.total)
         self.n_customers_ = int(x.size)
         self.n_unique_ = data.n_unique
         self.n_iterations_ = iterations
         return self
 
     # ------------------------------------------------------------------ predictions
-
-    @property
-    def is_fitted(self) -> bool:
-        """Whether the model has parameters (from :meth:`fit` or :meth:`from_dict`)."""
-        return self._params is not None
-
-    @property
-    def params_(self) -> BetaGeoParams:
-        """The fitted parameters; :class:`NotFittedError` before fitting."""
-        if self._params is None:
-            raise NotFittedError(
-                "BG/NBD: this model is not fitted yet", remedy="Call fit() or load one with from_dict()"
-            )
-        return self._params
 
     def _log_odds_dead(self, x: np.ndarray, t_x: np.ndarray, age: np.ndarray, p: BetaGeoParams) -> np.ndarray:
         """log[P(dropped out) / P(alive)] given the history; meaningful where x > 0."""
@@ -453,43 +353,3 @@ class BetaGeoModel:
         horizon = _as_float("t", t)
         zero = np.zeros_like(horizon)
         return np.asarray((p.a + p.b - 1.0) / (p.a - 1.0) * (1.0 - self._growth(horizon, zero, zero, p)))
-
-    # ------------------------------------------------------------------ persistence
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready description: parameters, hyper-parameters and fit diagnostics."""
-        return {
-            "model": "bgnbd",
-            "format": _FORMAT,
-            "params": None if self._params is None else asdict(self._params),
-            "hyperparameters": self.hyperparameters(),
-            "log_likelihood": None if math.isnan(self.log_likelihood_) else self.log_likelihood_,
-            "n_customers": self.n_customers_,
-            "n_unique": self.n_unique_,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BetaGeoModel:
-        """Rebuild a model from :meth:`to_dict`'s output."""
-        if not isinstance(d, dict) or d.get("model") != "bgnbd":
-            raise ModelError("BG/NBD: not a saved BG/NBD model (key 'model' is not 'bgnbd')")
-        if d.get("format") != _FORMAT:
-            raise ModelError(
-                f"BG/NBD: saved model format {d.get('format')!r} is not supported (expected {_FORMAT})",
-                remedy="Refit the model with this version of churnsync",
-            )
-        try:
-            model = cls(**dict(d.get("hyperparameters") or {}))
-            params = d.get("params")
-            if params is not None:
-                values = {name: float(params[name]) for name in _PARAM_NAMES}
-                if not all(math.isfinite(v) and v > 0 for v in values.values()):
-                    raise ModelError(f"BG/NBD: saved parameters must be positive numbers (got {values})")
-                model._params = BetaGeoParams(**values)
-            ll = d.get("log_likelihood")
-            model.log_likelihood_ = math.nan if ll is None else float(ll)
-            model.n_customers_ = int(d.get("n_customers", 0))
-            model.n_unique_ = int(d.get("n_unique", 0))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"BG/NBD: saved model is malformed ({exc})", remedy="Refit the model") from None
-        return model

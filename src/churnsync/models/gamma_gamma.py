@@ -26,22 +26,19 @@ Example::
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize
 from scipy.special import digamma, gammaln
 
-from churnsync.errors import ConvergenceError, ModelError, NotFittedError
-from churnsync.models.bgnbd import _as_float, _blas_single_thread, _wsum
+from churnsync.errors import ConvergenceError, ModelError
+from churnsync.models._mle import MLEModel
+from churnsync.models.bgnbd import _as_float, _wsum
 
 __all__ = ["GammaGammaModel", "GammaGammaParams"]
 
 _NAME = "Gamma-Gamma"
-_FORMAT = 1
-_PARAM_NAMES = ("p", "q", "v")
-_LOG_BOUND = 20.0
 _STARTS = ((1.0, 1.0, 1.0), (5.0, 3.0, 10.0), (0.5, 2.0, 1.0))
 
 
@@ -76,7 +73,7 @@ def _objective(theta: np.ndarray, x: np.ndarray, m: np.ndarray, w: np.ndarray, p
     return value, gradient
 
 
-class GammaGammaModel:
+class GammaGammaModel(MLEModel[GammaGammaParams]):
     """Gamma-Gamma spend model: fit on repeat buyers' (frequency, monetary_value), predict expected spend.
 
     Parameters
@@ -89,30 +86,13 @@ class GammaGammaModel:
         Convergence tolerance and iteration cap of each L-BFGS-B run.
     """
 
+    _NAME = "Gamma-Gamma"
+    _KEY = "gamma_gamma"
+    _PARAM_NAMES = ("p", "q", "v")
+    _params_type = GammaGammaParams
+
     def __init__(self, *, n_starts: int = 3, penalizer: float = 0.0, tol: float = 1e-10, max_iter: int = 2000) -> None:
-        if n_starts < 1:
-            raise ModelError(f"{_NAME}: n_starts must be at least 1 (got {n_starts})", remedy="Use 3")
-        if not (penalizer >= 0.0 and math.isfinite(penalizer)):
-            raise ModelError(f"{_NAME}: penalizer must be >= 0 (got {penalizer})", remedy="Use 0.0 or e.g. 0.001")
-        if not (tol > 0.0 and max_iter >= 1):
-            raise ModelError(f"{_NAME}: tol must be > 0 and max_iter >= 1 (got {tol}, {max_iter})")
-        self.n_starts = int(n_starts)
-        self.penalizer = float(penalizer)
-        self.tol = float(tol)
-        self.max_iter = int(max_iter)
-        self._params: GammaGammaParams | None = None
-        self.log_likelihood_: float = math.nan
-        self.n_customers_: int = 0
-
-    def __repr__(self) -> str:
-        fitted = (
-            "unfitted" if self._params is None else ", ".join(f"{k}={v:.4g}" for k, v in asdict(self._params).items())
-        )
-        return f"GammaGammaModel({fitted})"
-
-    def hyperparameters(self) -> dict[str, Any]:
-        """The constructor arguments, as a dict."""
-        return {"n_starts": self.n_starts, "penalizer": self.penalizer, "tol": self.tol, "max_iter": self.max_iter}
+        self._init_mle(n_starts, penalizer, tol, max_iter, default_starts=3)
 
     def _inputs(self, frequency: Any, monetary_value: Any) -> tuple[np.ndarray, np.ndarray]:
         x = _as_float("frequency", frequency, _NAME)
@@ -141,64 +121,23 @@ class GammaGammaModel:
                 remedy="Use a longer history, or check that the events carry a value",
             )
         x, m, w = x[keep], m[keep], w[keep]
-        best: Any = None
-        reasons: list[str] = []
         mean = _wsum(w, m) / float(w.sum())
-        with np.errstate(all="ignore"), _blas_single_thread():
-            for p0, q0, v0 in _STARTS[: self.n_starts]:
-                # Scale v so that each start's population mean p·v/(q−1) is near the observed mean spend.
-                start = np.log([p0, q0 + 1.0, v0 * mean * q0 / p0])
-                value, _ = _objective(start, x, m, w, self.penalizer)
-                if not math.isfinite(value):
-                    reasons.append("non-finite likelihood at the starting point")
-                    continue
-                result = minimize(
-                    _objective,
-                    start,
-                    args=(x, m, w, self.penalizer),
-                    jac=True,
-                    method="L-BFGS-B",
-                    bounds=[(-_LOG_BOUND, _LOG_BOUND)] * 3,
-                    options={"maxiter": self.max_iter, "ftol": self.tol, "gtol": 1e-8},
-                )
-                finite = math.isfinite(float(result.fun)) and bool(np.all(np.isfinite(result.x)))
-                flat = bool(np.all(np.isfinite(result.jac))) and float(np.max(np.abs(result.jac))) < 1e-5
-                if not (finite and (bool(result.success) or flat)):
-                    reasons.append(str(result.message))
-                    continue
-                if best is None or float(result.fun) < float(best.fun):
-                    best = result
-        if best is None:
-            raise ConvergenceError(
-                f"{_NAME}: no starting point converged ({'; '.join(sorted(set(reasons)))})",
-                remedy="Try a small penalizer (e.g. 0.001) or check the spend values",
-            )
-        at_bound = [name for name, t in zip(_PARAM_NAMES, best.x, strict=True) if abs(t) > _LOG_BOUND - 1e-3]
-        if at_bound:
-            raise ConvergenceError(
-                f"{_NAME}: parameter(s) {', '.join(at_bound)} ran to the edge of the search range",
-                remedy="Try a small penalizer (e.g. 0.001); spend may not vary enough between customers",
-            )
-        p, q, v = (float(t) for t in np.exp(best.x))
-        self._params = GammaGammaParams(p=p, q=q, v=v)
-        penalty = self.penalizer * (p * p + q * q + v * v)
-        self.log_likelihood_ = -(float(best.fun) - penalty) * float(w.sum())
+        # Scale v so that each start's population mean p·v/(q−1) is near the observed mean spend.
+        starts = [np.log([p0, q0 + 1.0, v0 * mean * q0 / p0]) for p0, q0, v0 in _STARTS[: self.n_starts]]
+        best, _ = self._minimize(
+            _objective,
+            starts,
+            (x, m, w),
+            jac=True,
+            gtol=1e-8,
+            flat_tol=1e-5,
+            remedy="Try a small penalizer (e.g. 0.001) or check the spend values",
+            bound_note="",
+            bound_remedy="Try a small penalizer (e.g. 0.001); spend may not vary enough between customers",
+        )
+        self._set_fit(best, float(w.sum()))
         self.n_customers_ = int(x.size)
         return self
-
-    @property
-    def is_fitted(self) -> bool:
-        """Whether the model has parameters (from :meth:`fit` or :meth:`from_dict`)."""
-        return self._params is not None
-
-    @property
-    def params_(self) -> GammaGammaParams:
-        """The fitted parameters; :class:`NotFittedError` before fitting."""
-        if self._params is None:
-            raise NotFittedError(
-                f"{_NAME}: this model is not fitted yet", remedy="Call fit() or load one with from_dict()"
-            )
-        return self._params
 
     def population_mean(self) -> float:
         """Mean spend per transaction across customers, p·v/(q−1); inf when q <= 1 (no finite mean)."""
@@ -217,39 +156,3 @@ class GammaGammaModel:
         px = params.p * x
         weight = px / (px + params.q - 1.0)
         return np.asarray((1.0 - weight) * self.population_mean() + weight * m)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready description: parameters, hyper-parameters and fit diagnostics."""
-        return {
-            "model": "gamma_gamma",
-            "format": _FORMAT,
-            "params": None if self._params is None else asdict(self._params),
-            "hyperparameters": self.hyperparameters(),
-            "log_likelihood": None if math.isnan(self.log_likelihood_) else self.log_likelihood_,
-            "n_customers": self.n_customers_,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GammaGammaModel:
-        """Rebuild a model from :meth:`to_dict`'s output."""
-        if not isinstance(d, dict) or d.get("model") != "gamma_gamma":
-            raise ModelError(f"{_NAME}: not a saved Gamma-Gamma model (key 'model' is not 'gamma_gamma')")
-        if d.get("format") != _FORMAT:
-            raise ModelError(
-                f"{_NAME}: saved model format {d.get('format')!r} is not supported (expected {_FORMAT})",
-                remedy="Refit the model with this version of churnsync",
-            )
-        try:
-            model = cls(**dict(d.get("hyperparameters") or {}))
-            params = d.get("params")
-            if params is not None:
-                values = {name: float(params[name]) for name in _PARAM_NAMES}
-                if not all(math.isfinite(v) and v > 0 for v in values.values()):
-                    raise ModelError(f"{_NAME}: saved parameters must be positive numbers (got {values})")
-                model._params = GammaGammaParams(**values)
-            ll = d.get("log_likelihood")
-            model.log_likelihood_ = math.nan if ll is None else float(ll)
-            model.n_customers_ = int(d.get("n_customers", 0))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"{_NAME}: saved model is malformed ({exc})", remedy="Refit the model") from None
-        return model

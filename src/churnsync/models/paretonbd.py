@@ -31,22 +31,19 @@ Example::
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize
 from scipy.special import gammaln, hyp2f1
 
-from churnsync.errors import ConvergenceError, ModelError, NotFittedError
-from churnsync.models.bgnbd import _as_float, _blas_single_thread, _check_history, _wsum
+from churnsync.errors import ConvergenceError, ModelError
+from churnsync.models._mle import LOG_BOUND, MLEModel
+from churnsync.models.bgnbd import _as_float, _check_history, _wsum
 
 __all__ = ["ParetoNBDModel", "ParetoNBDParams"]
 
 _NAME = "Pareto/NBD"
-_FORMAT = 1
-_PARAM_NAMES = ("r", "alpha", "s", "beta")
-_LOG_BOUND = 20.0
 # (r, alpha multiplier, s, beta multiplier): alpha = multiplier * r / rate and beta = multiplier * mean(T),
 # so every start matches the observed purchase rate and age whatever the time unit.
 _STARTS = ((1.0, 1.0, 1.0, 1.0), (0.5, 1.0, 0.5, 0.3), (2.0, 1.0, 2.0, 3.0), (0.3, 0.5, 1.0, 0.1))
@@ -160,7 +157,7 @@ def _negative_ll(theta: np.ndarray, data: _FitData, penalizer: float) -> float:
     return float(-ll / data.total + penalizer * _wsum(params, params))
 
 
-class ParetoNBDModel:
+class ParetoNBDModel(MLEModel[ParetoNBDParams]):
     """Pareto/NBD customer-base model: fit on (frequency, recency, T), then predict per customer.
 
     Same interface as :class:`~churnsync.models.BetaGeoModel`: ``fit`` returns ``self``, parameters are in
@@ -178,6 +175,13 @@ class ParetoNBDModel:
         Length in days of the model's time unit; it travels with the parameters, fitting does not use it.
     """
 
+    _NAME = "Pareto/NBD"
+    _KEY = "paretonbd"
+    _PARAM_NAMES = ("r", "alpha", "s", "beta")
+    _HYPERPARAMETERS = (*MLEModel._HYPERPARAMETERS, "time_unit_days")
+    _COUNTS = ("n_customers", "n_unique")
+    _params_type = ParetoNBDParams
+
     def __init__(
         self,
         *,
@@ -187,40 +191,10 @@ class ParetoNBDModel:
         max_iter: int = 2000,
         time_unit_days: float = 1.0,
     ) -> None:
-        if n_starts < 1:
-            raise ModelError(f"{_NAME}: n_starts must be at least 1 (got {n_starts})", remedy="Use 3")
-        if not (penalizer >= 0.0 and math.isfinite(penalizer)):
-            raise ModelError(f"{_NAME}: penalizer must be >= 0 (got {penalizer})", remedy="Use 0.0 or e.g. 0.001")
-        if not (tol > 0.0 and max_iter >= 1):
-            raise ModelError(f"{_NAME}: tol must be > 0 and max_iter >= 1 (got {tol}, {max_iter})")
-        if not (time_unit_days > 0.0 and math.isfinite(time_unit_days)):
-            raise ModelError(f"{_NAME}: time_unit_days must be > 0 (got {time_unit_days})", remedy="Use 1 or 7")
-        self.n_starts = int(n_starts)
-        self.penalizer = float(penalizer)
-        self.tol = float(tol)
-        self.max_iter = int(max_iter)
-        self.time_unit_days = float(time_unit_days)
-        self._params: ParetoNBDParams | None = None
-        self.log_likelihood_: float = math.nan
-        self.n_customers_: int = 0
+        self._init_mle(n_starts, penalizer, tol, max_iter, default_starts=3)
+        self.time_unit_days = self._check_time_unit(time_unit_days)
         self.n_unique_: int = 0
         self.n_iterations_: int = 0
-
-    def __repr__(self) -> str:
-        fitted = (
-            "unfitted" if self._params is None else ", ".join(f"{k}={v:.4g}" for k, v in asdict(self._params).items())
-        )
-        return f"ParetoNBDModel({fitted})"
-
-    def hyperparameters(self) -> dict[str, Any]:
-        """The constructor arguments, as a dict."""
-        return {
-            "n_starts": self.n_starts,
-            "penalizer": self.penalizer,
-            "tol": self.tol,
-            "max_iter": self.max_iter,
-            "time_unit_days": self.time_unit_days,
-        }
 
     # ------------------------------------------------------------------ fitting
 
@@ -231,7 +205,7 @@ class ParetoNBDModel:
         rng = np.random.default_rng(19870301)
         while len(starts) < self.n_starts:
             starts.append(starts[0] + rng.normal(0.0, 1.0, size=4))
-        return [np.clip(v, -_LOG_BOUND + 1.0, _LOG_BOUND - 1.0) for v in starts[: self.n_starts]]
+        return [np.clip(v, -LOG_BOUND + 1.0, LOG_BOUND - 1.0) for v in starts[: self.n_starts]]
 
     def fit(self, frequency: Any, recency: Any, T: Any, weights: Any = None) -> ParetoNBDModel:
         """Fit by maximum likelihood to one row per customer (or group, with ``weights``); returns ``self``."""
@@ -254,68 +228,17 @@ class ParetoNBDModel:
                 f"{_NAME}: no customer has a repeat purchase, so the purchase rates cannot be estimated",
                 remedy="Use a longer history or a more frequent qualifying event",
             )
-        bounds = [(-_LOG_BOUND, _LOG_BOUND)] * 4
-        best: Any = None
-        reasons: list[str] = []
-        iterations = 0
-        with np.errstate(all="ignore"), _blas_single_thread():
-            for start in self._starts(data):
-                if not math.isfinite(_negative_ll(start, data, self.penalizer)):
-                    reasons.append("non-finite likelihood at the starting point")
-                    continue
-                result = minimize(
-                    _negative_ll,
-                    start,
-                    args=(data, self.penalizer),
-                    method="L-BFGS-B",
-                    bounds=bounds,
-                    options={"maxiter": self.max_iter, "ftol": self.tol, "gtol": 1e-6},
-                )
-                iterations += int(result.nit)
-                finite = math.isfinite(float(result.fun)) and bool(np.all(np.isfinite(result.x)))
-                # Gradients are finite differences here: a line-search stop at the optimum is common.
-                flat = bool(np.all(np.isfinite(result.jac))) and float(np.max(np.abs(result.jac))) < 1e-4
-                if not (finite and (bool(result.success) or flat)):
-                    reasons.append(str(result.message))
-                    continue
-                if best is None or float(result.fun) < float(best.fun):
-                    best = result
-        if best is None:
-            raise ConvergenceError(
-                f"{_NAME}: no starting point converged ({'; '.join(sorted(set(reasons)))})",
-                remedy="Try a small penalizer (e.g. 0.001) or check the RFM features",
-            )
-        at_bound = [name for name, v in zip(_PARAM_NAMES, best.x, strict=True) if abs(v) > _LOG_BOUND - 1e-3]
-        if at_bound:
-            raise ConvergenceError(
-                f"{_NAME}: parameter(s) {', '.join(at_bound)} ran to the edge of the search range "
-                "(the data do not identify them)",
-                remedy="Try a small penalizer (e.g. 0.001) or a longer history with more repeat purchases",
-            )
-        r, alpha, s, beta = (float(v) for v in np.exp(best.x))
-        self._params = ParetoNBDParams(r=r, alpha=alpha, s=s, beta=beta)
-        penalty = self.penalizer * (r * r + alpha * alpha + s * s + beta * beta)
-        self.log_likelihood_ = -(float(best.fun) - penalty) * data.total
+        # Gradients are finite differences here: a line-search stop at the optimum is common.
+        best, iterations = self._minimize(
+            _negative_ll, self._starts(data), (data,), jac=False, gtol=1e-6, flat_tol=1e-4
+        )
+        self._set_fit(best, data.total)
         self.n_customers_ = int(x.size)
         self.n_unique_ = data.n_unique
         self.n_iterations_ = iterations
         return self
 
     # ------------------------------------------------------------------ predictions
-
-    @property
-    def is_fitted(self) -> bool:
-        """Whether the model has parameters (from :meth:`fit` or :meth:`from_dict`)."""
-        return self._params is not None
-
-    @property
-    def params_(self) -> ParetoNBDParams:
-        """The fitted parameters; :class:`NotFittedError` before fitting."""
-        if self._params is None:
-            raise NotFittedError(
-                f"{_NAME}: this model is not fitted yet", remedy="Call fit() or load one with from_dict()"
-            )
-        return self._params
 
     def _history(self, frequency: Any, recency: Any, T: Any, *extra: Any) -> list[np.ndarray]:
         x, t_x, age = _check_history(frequency, recency, T, _NAME)
@@ -402,43 +325,3 @@ class ParetoNBDModel:
         log_shrink = math.log(p.beta) - np.log(p.beta + horizon)
         lifetime = _lifetime_factor(p.s, log_shrink)
         return np.asarray(p.r * p.beta / p.alpha * lifetime)
-
-    # ------------------------------------------------------------------ persistence
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready description: parameters, hyper-parameters and fit diagnostics."""
-        return {
-            "model": "paretonbd",
-            "format": _FORMAT,
-            "params": None if self._params is None else asdict(self._params),
-            "hyperparameters": self.hyperparameters(),
-            "log_likelihood": None if math.isnan(self.log_likelihood_) else self.log_likelihood_,
-            "n_customers": self.n_customers_,
-            "n_unique": self.n_unique_,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ParetoNBDModel:
-        """Rebuild a model from :meth:`to_dict`'s output."""
-        if not isinstance(d, dict) or d.get("model") != "paretonbd":
-            raise ModelError(f"{_NAME}: not a saved Pareto/NBD model (key 'model' is not 'paretonbd')")
-        if d.get("format") != _FORMAT:
-            raise ModelError(
-                f"{_NAME}: saved model format {d.get('format')!r} is not supported (expected {_FORMAT})",
-                remedy="Refit the model with this version of churnsync",
-            )
-        try:
-            model = cls(**dict(d.get("hyperparameters") or {}))
-            params = d.get("params")
-            if params is not None:
-                values = {name: float(params[name]) for name in _PARAM_NAMES}
-                if not all(math.isfinite(v) and v > 0 for v in values.values()):
-                    raise ModelError(f"{_NAME}: saved parameters must be positive numbers (got {values})")
-                model._params = ParetoNBDParams(**values)
-            ll = d.get("log_likelihood")
-            model.log_likelihood_ = math.nan if ll is None else float(ll)
-            model.n_customers_ = int(d.get("n_customers", 0))
-            model.n_unique_ = int(d.get("n_unique", 0))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"{_NAME}: saved model is malformed ({exc})", remedy="Refit the model") from None
-        return model
