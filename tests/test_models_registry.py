@@ -13,6 +13,7 @@ from churnsync.cli import app
 from churnsync.config import Settings
 from churnsync.errors import ModelError
 from churnsync.events.generator import generate_sample
+from churnsync.models.churn import ChurnModel
 from churnsync.models.registry import REGISTRY_FORMAT, ModelRegistry, gate
 from churnsync.pipeline import predict_and_store, train_model
 from churnsync.store.store import AttributeStore
@@ -44,6 +45,7 @@ def test_save_load_promote_and_refuse_incompatible(tmp_path: Path) -> None:
     version = registry.save(artifact, meta, now=NOW)
     record = registry.load(version)
     assert record.artifact == artifact and record.validation == {"auc": 0.8}
+    assert record.curves() is None  # saved without validation curves (as before they were recorded)
     assert {"lightgbm", "numpy", "python"} <= set(record.meta["libraries"])
     registry.promote(version)
     assert registry.in_service() == version and registry.versions()[0]["in_service"]
@@ -85,6 +87,20 @@ def test_train_gate_and_rescoring_with_the_model_in_service(tmp_path: Path) -> N
     assert registry.in_service() == first.version
     assert {v["version"] for v in registry.versions()} == {first.version, second.version}
     assert registry.load(second.version).meta["gate"]["published"] is False
+
+    # The validation curves of the champion and every candidate are saved with the model and read back.
+    record = registry.load(first.version)
+    curves = record.meta["validation_curves"]
+    assert set(curves) == set(record.meta["metrics"]) and record.curves() == curves[first.champion]
+    for name, curve in curves.items():
+        calibration, gains = curve["calibration"], curve["gains"]
+        assert len(calibration["predicted"]) == len(calibration["observed"]) == len(calibration["count"]) > 1
+        assert sum(calibration["count"]) == record.meta["metrics"][name]["customers"]
+        assert all(0.0 <= v <= 1.0 for v in calibration["predicted"] + calibration["observed"])
+        assert len(gains["gains"]) == 10 and gains["gains"][-1] == pytest.approx(1.0)
+        assert gains["gains"] == sorted(gains["gains"]) and len(gains["rate"]) == len(gains["lift"]) == 10
+    assert ChurnModel.from_dict(record.artifact).validation_curves_ == curves
+    assert next(v for v in registry.versions() if v["version"] == first.version)["validation_curves"] == curves
 
     store = AttributeStore.open(f"sqlite:///{tmp_path / 'store.db'}")
     try:

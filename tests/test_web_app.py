@@ -165,6 +165,58 @@ def test_a_model_saved_without_importance_still_loads_and_says_so(filled: Filled
     assert 'id="importance"' not in page and "Feature importance: not recorded for this model" in page
 
 
+def figure_of(page: str, chart_id: str) -> dict[str, Any]:
+    """The plotly figure a page embeds for chart ``chart_id``."""
+    marker = f'<script type="application/json" id="{chart_id}-data">'
+    assert marker in page, chart_id
+    figure: dict[str, Any] = json.loads(page.split(marker, 1)[1].split("</script>")[0])
+    return figure
+
+
+def test_model_page_draws_the_registry_curves_without_a_report(dashboard: str, filled: Filled) -> None:
+    registry = ModelRegistry(filled.settings.model.registry_path)
+    record = registry.load(registry.in_service() or registry.versions()[0]["version"])
+    curves = record.curves()
+    assert curves is not None
+    with serve_dashboard(create_app(filled.url, settings=filled.settings)) as running:
+        page = httpx.get(running.url + "/model").text
+    assert "start `churnsync serve` with --report DIR" in page  # no backtest report given
+    calibration = figure_of(page, "calibration")
+    line = calibration["data"][1]
+    assert line["x"] == curves["calibration"]["predicted"] and line["y"] == curves["calibration"]["observed"]
+    assert len(line["text"]) == len(curves["calibration"]["count"]) and line["text"][0].endswith(" customers")
+    gains = figure_of(page, "gains")["data"][1]
+    assert gains["y"] == [0, *curves["gains"]["gains"]] and gains["x"][-1] == 100
+    assert 'id="calibration-missing"' not in page and 'id="gains-missing"' not in page
+    # With the backtest report, its curves take priority: the registry's are not drawn a second time.
+    with httpx.Client(base_url=dashboard) as client:
+        served = client.get("/model").text
+    assert 'id="report-calibration"' in served and 'id="report-gains"' in served
+    assert 'id="calibration"' not in served and 'id="gains"' not in served
+    assert "Calibration plot (validation window): drawn above, from the backtest report" in served
+
+
+def test_a_model_saved_without_curves_still_loads_and_says_so(filled: Filled, tmp_path: Path) -> None:
+    source = ModelRegistry(filled.settings.model.registry_path)
+    version = source.in_service() or source.versions()[0]["version"]
+    shutil.copytree(source.path / version, tmp_path / "models" / version)
+    file = tmp_path / "models" / version / "model.json"
+    saved = json.loads(file.read_text(encoding="utf-8"))
+    saved.pop("validation_curves")
+    saved["artifact"]["state"].pop("validation_curves")
+    file.write_text(json.dumps(saved), encoding="utf-8")
+    old = ModelRegistry(tmp_path / "models").load(version)
+    assert old.curves() is None and ChurnModel.from_dict(old.artifact).validation_curves_ == {}
+    model_settings = filled.settings.model.model_copy(update={"registry_path": tmp_path / "models"})
+    settings = filled.settings.model_copy(update={"model": model_settings})
+    with serve_dashboard(create_app(filled.url, settings=settings)) as running, httpx.Client(base_url=running.url) as c:
+        page = c.get("/model").text
+    assert 'id="calibration"' not in page and 'id="gains"' not in page
+    assert "Calibration plot (validation window): not recorded for this model" in page
+    assert "Gains chart (validation window): not recorded for this model" in page
+    assert 'id="importance"' in page  # the rest of the saved model still shows
+
+
 def test_syncs_page_lists_dry_runs_with_points_and_a_preview(dashboard: str, filled: Filled) -> None:
     with AttributeStore(filled.url) as store:
         runs = ledger.dry_runs(store)

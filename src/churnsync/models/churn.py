@@ -38,7 +38,7 @@ from churnsync.errors import DataError, ModelError, NotFittedError
 from churnsync.features.rfm import RFMFrame, build_rfm
 from churnsync.features.windows import DEFAULT_WINDOWS, build_window_features, discover_event_types, feature_label
 from churnsync.models.bgnbd import BetaGeoModel
-from churnsync.models.evaluation import churn_metrics
+from churnsync.models.evaluation import calibration_curve, churn_metrics, gains_by_decile
 
 __all__ = ["CANDIDATES", "ChurnModel", "ChurnScores", "CutFrame", "build_cut_frame", "label_churn"]
 
@@ -429,10 +429,15 @@ class ChurnModel:
         newest = frames[0]
         assert newest.labels is not None
         validation: dict[str, dict[str, float]] = {}
+        curves: dict[str, dict[str, dict[str, list[float]]]] = {}
         for name in self.candidates:
             a, b = platt[name]
             p = _sigmoid(a * self._raw_logit(name, newest, booster, logistic) + b)
             validation[name] = churn_metrics(newest.labels, p)
+            curves[name] = {
+                "calibration": calibration_curve(newest.labels, p),
+                "gains": gains_by_decile(newest.labels, p),
+            }
         champion = min(self.candidates, key=lambda n: (validation[n]["log_loss"], CANDIDATES.index(n)))
         others = ", ".join(
             f"{n} {validation[n]['log_loss']:.4f} (AUC {validation[n]['auc']:.3f})"
@@ -452,6 +457,7 @@ class ChurnModel:
             "champion": champion,
             "reason": reason,
             "validation": validation,
+            "validation_curves": curves,
             "platt": {k: list(v) for k, v in platt.items()},
             "logistic": logistic,
             "event_types": list(event_types),
@@ -516,6 +522,14 @@ class ChurnModel:
         """Per candidate, each input's share of importance (see :meth:`_importance`); empty for a model saved
         before importance was recorded."""
         value = self._state().get("feature_importance")
+        return dict(value) if isinstance(value, dict) else {}
+
+    @property
+    def validation_curves_(self) -> dict[str, dict[str, dict[str, list[float]]]]:
+        """Per candidate, its curves on the validation window: ``calibration`` (per probability bin: ``predicted``,
+        ``observed``, ``count``) and ``gains`` (per decile: ``rate``, ``gains``, ``lift``); empty for a model saved
+        before the curves were recorded."""
+        value = self._state().get("validation_curves")
         return dict(value) if isinstance(value, dict) else {}
 
     @property

@@ -6,8 +6,9 @@ Layout::
     <model.registry_path>/
         service.json                    {"version": ..., "since": ...}: the model that scores
         churn-20260101T060000-1a2b3c4d/
-            model.json                  metadata (features, training window, metrics, library versions,
-                                        gate decision) and the artifact (LightGBM as text, numbers as JSON)
+            model.json                  metadata (features, training window, metrics, validation curves,
+                                        library versions, gate decision) and the artifact (LightGBM as text,
+                                        numbers as JSON)
 
 Artifacts are JSON, never pickles, so loading one runs no code. Loading refuses an artifact written with
 another registry format or LightGBM major version, with a message that says to retrain.
@@ -110,6 +111,15 @@ class ModelRecord:
         """The champion's validation metrics."""
         metrics: dict[str, float] = self.meta.get("metrics", {}).get(self.meta.get("champion", ""), {})
         return metrics
+
+    def curves(self, candidate: str | None = None) -> dict[str, Any] | None:
+        """A candidate's (default: the champion's) validation curves, ``{"calibration": {"predicted", "observed",
+        "count"}, "gains": {"rate", "gains", "lift"}}``; None for a model saved before they were recorded."""
+        recorded = self.meta.get("validation_curves")
+        if not isinstance(recorded, dict):
+            return None
+        value = recorded.get(candidate if candidate is not None else self.meta.get("champion", ""))
+        return value if isinstance(value, dict) and value else None
 
 
 class ModelRegistry:

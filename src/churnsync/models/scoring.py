@@ -284,6 +284,7 @@ def train_churn_model(
             "champion_reason": model.reason_,
             "metrics": validation,
             "feature_importance": model.feature_importance_,
+            "validation_curves": model.validation_curves_,
             "gate": {"published": decision.publish, "reason": decision.reason, "previous": current},
         },
         now=now,

@@ -227,6 +227,8 @@ def create_app(
             for name in names
         }
         registry = _registry(settings)
+        report = _report(report_dir)
+        _prefer_report_curves(registry, report)
         return page(
             request,
             "model",
@@ -236,7 +238,7 @@ def create_app(
             if names
             else None,
             registry=registry,
-            report=_report(report_dir),
+            report=report,
             metric_notes=METRICS,
             champion_reason=(runs[0].get("details") or {}).get("champion_reason") if runs else None,
         )
@@ -461,15 +463,47 @@ METRICS = {
 }
 
 
+_NO_CURVES = "not recorded for this model (it was saved before churnsync recorded validation curves)"
+
+
 def _curve(meta: dict[str, Any], key: str, champion: str) -> dict[str, Any] | None:
-    """An evaluation curve saved with a model (top level, per champion, or under ``evaluation``), if any."""
-    for holder in (meta, meta.get("evaluation") or {}):
-        value = holder.get(key) if isinstance(holder, dict) else None
-        if isinstance(value, dict) and isinstance(value.get(champion), dict):
-            value = value[champion]
-        if isinstance(value, dict) and value:
-            return value
-    return None
+    """The champion's validation curve ``key`` (``calibration`` or ``gains``) saved with a model, if any."""
+    recorded = meta.get("validation_curves")
+    curves = recorded.get(champion) if isinstance(recorded, dict) else None
+    value = curves.get(key) if isinstance(curves, dict) else None
+    return value if isinstance(value, dict) and value else None
+
+
+def _curve_figures(meta: dict[str, Any], champion: str, figures: dict[str, Any]) -> dict[str, str]:
+    """Add the champion's calibration plot and gains chart from the registry to ``figures``; a note per missing
+    one."""
+    notes: dict[str, str] = {}
+    calibration = _curve(meta, "calibration", champion)
+    if calibration and isinstance(calibration.get("predicted"), list) and isinstance(calibration.get("observed"), list):
+        counts = calibration.get("count")
+        figures["calibration"] = charts.calibration(
+            {champion: (calibration["predicted"], calibration["observed"])},
+            counts={champion: counts} if isinstance(counts, list) else None,
+            title="Calibration on the validation window",
+        )
+    else:
+        notes["calibration"] = _NO_CURVES
+    gains = _curve(meta, "gains", champion)
+    if gains and isinstance(gains.get("gains"), list):
+        figures["gains"] = charts.gains({champion: gains["gains"]}, title="Gains on the validation window")
+    else:
+        notes["gains"] = _NO_CURVES
+    return notes
+
+
+def _prefer_report_curves(registry: dict[str, Any], report: dict[str, Any]) -> None:
+    """The backtest report's calibration plot and gains chart, when given, replace the registry's."""
+    if registry.get("problem") or report.get("problem"):
+        return
+    for key in ("calibration", "gains"):
+        if (report.get("figures") or {}).get(key):
+            registry["figures"].pop(key, None)
+            registry["curve_notes"][key] = "drawn above, from the backtest report"
 
 
 def _registry(settings: Settings | None) -> dict[str, Any]:
@@ -529,12 +563,7 @@ def _registry(settings: Settings | None) -> dict[str, Any]:
             "Model version",
             "Value",
         )
-    calibration = _curve(current, "calibration", champion)
-    if calibration and "predicted" in calibration and "observed" in calibration:
-        figures["calibration"] = charts.calibration({champion: (calibration["predicted"], calibration["observed"])})
-    gains = _curve(current, "gains", champion)
-    if gains and "gains" in gains:
-        figures["gains"] = charts.gains({champion: gains["gains"]})
+    curve_notes = _curve_figures(current, champion, figures)
     importance_note = _importance_figure(current, champion, figures)
     return {
         "problem": None,
@@ -545,6 +574,7 @@ def _registry(settings: Settings | None) -> dict[str, Any]:
         "history": list(reversed(history)),
         "figures": figures,
         "importance_note": importance_note,
+        "curve_notes": curve_notes,
     }
 
 

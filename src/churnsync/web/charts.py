@@ -124,8 +124,14 @@ def grouped_bars(labels: list[str], series: dict[str, list[Any]], title: str, x:
     return {"data": data, "layout": layout}
 
 
-def calibration(curves: dict[str, tuple[list[float], list[float]]]) -> Figure:
-    """Observed churn rate against mean predicted probability per bin, one line per model; the diagonal is perfect."""
+def calibration(
+    curves: dict[str, tuple[list[float], list[float]]],
+    *,
+    counts: dict[str, list[float]] | None = None,
+    title: str = "Calibration",
+) -> Figure:
+    """Observed churn rate against mean predicted probability per bin, one line per model; the diagonal is perfect.
+    ``counts`` (customers per bin, per model) shows on hover."""
     data: list[dict[str, Any]] = [
         {
             "type": "scatter",
@@ -138,23 +144,24 @@ def calibration(curves: dict[str, tuple[list[float], list[float]]]) -> Figure:
     ]
     for i, (name, (predicted, observed)) in enumerate(curves.items()):
         colour = PALETTE[i % len(PALETTE)]
-        data.append(
-            {
-                "type": "scatter",
-                "mode": "lines+markers",
-                "name": name,
-                "x": predicted,
-                "y": observed,
-                "line": {"color": colour},
-            }
-        )
-    layout = _layout("Calibration", "Mean predicted probability", "Observed churn rate")
+        trace: dict[str, Any] = {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": name,
+            "x": predicted,
+            "y": observed,
+            "line": {"color": colour},
+        }
+        if counts and name in counts:
+            trace["text"] = [f"{int(c):,} customers" for c in counts[name]]
+        data.append(trace)
+    layout = _layout(title, "Mean predicted probability", "Observed churn rate")
     layout["xaxis"]["range"] = [0, 1]
     layout["yaxis"]["range"] = [0, 1]
     return {"data": data, "layout": layout}
 
 
-def gains(curves: dict[str, list[float]]) -> Figure:
+def gains(curves: dict[str, list[float]], *, title: str = "Gains") -> Figure:
     """Cumulative share of churners captured by the top deciles, one line per model; the diagonal is random order."""
     data: list[dict[str, Any]] = [
         {
@@ -181,7 +188,7 @@ def gains(curves: dict[str, list[float]]) -> Figure:
         )
     return {
         "data": data,
-        "layout": _layout("Gains", "Customers contacted (top %, by score)", "Share of churners captured"),
+        "layout": _layout(title, "Customers contacted (top %, by score)", "Share of churners captured"),
     }
 
 
