@@ -22,7 +22,7 @@ def test_starter_config_is_valid_and_documented_defaults_hold(tmp_path: Path) ->
     assert settings.prediction.risk_cut_points == (0.5, 0.75)
     assert settings.destinations["braze"].batch_size == 75
     assert settings.destinations["braze"].api_key_env == "BRAZE_API_KEY"
-    assert settings.data.paths == [str(tmp_path / "data/*.csv")]
+    assert settings.data.paths == [str(tmp_path / "data/events*.csv")]
 
 
 def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:

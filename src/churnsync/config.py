@@ -36,7 +36,7 @@ class ColumnMapping(_Strict):
 class DataSettings(_Strict):
     """Where behaviour data comes from and how strict reading it is."""
 
-    paths: list[str] = Field(default_factory=lambda: ["data/*.csv"], min_length=1)
+    paths: list[str] = Field(default_factory=lambda: ["data/events*.csv"], min_length=1)
     format: Literal["auto", "csv", "parquet"] = "auto"
     columns: ColumnMapping = Field(default_factory=ColumnMapping)
     csv_delimiter: str = Field(",", min_length=1, max_length=1)
@@ -328,7 +328,7 @@ STARTER_CONFIG = """\
 
 [data]
 # Behaviour files: CSV or Parquet, globs allowed.
-paths = ["data/*.csv"]
+paths = ["data/events*.csv"]     # `churnsync generate --out data` writes data/events.csv
 format = "auto"                  # auto | csv | parquet (auto: by file extension)
 rejects_path = "churnsync-rejects.csv"
 max_reject_share = 0.01          # the run fails when more than this share of rows is rejected
