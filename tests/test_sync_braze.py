@@ -301,7 +301,8 @@ def test_429_pauses_until_reset_and_uses_no_attempt() -> None:
     # No request went to the emulator before the window it was refused in had reset.
     assert state.stats()["requests"]["201"] == 8
     assert len(state.profiles()) == 600
-    assert clock.t >= 1_800_000_000.0 + 3 * 4  # 8 requests at 2 per 3 s: at least 4 windows
+    # 8 requests at 2 per 3-s window take 4 windows ([0,3) … [9,12) after 1.8e9): the last pair cannot go before 9 s.
+    assert clock.t >= 1_800_000_000.0 + 3 * 3
 
 
 def test_client_follows_ratelimit_headers_without_429s() -> None:
