@@ -68,8 +68,9 @@ def evaluate_backtest(
 ) -> dict[str, Any]:
     """Train at ``scoring_cut − horizon`` on earlier events, score, and measure against the window up to
     ``scoring_cut``; returns the report as a JSON-ready dict."""
-    from churnsync.models.churn import ChurnModel, label_churn
+    from churnsync.models.churn import label_churn
     from churnsync.models.registry import ModelRegistry
+    from churnsync.models.scoring import new_churn_model
     from churnsync.models.value import fit_value_models, value_attributes
 
     ms = settings.model
@@ -77,17 +78,7 @@ def evaluate_backtest(
     quals = sorted({q.lower() for q in settings.prediction.qualifying_events})
     cut = scoring_cut.astimezone(UTC).replace(tzinfo=None) if scoring_cut.tzinfo else scoring_cut
     eval_cut = cut - timedelta(days=horizon)
-    model = ChurnModel(
-        horizon_days=horizon,
-        qualifying_events=quals,
-        label_days=ms.label_days,
-        training_cuts=ms.training_cuts,
-        cut_spacing_days=ms.cut_spacing_days,
-        max_training_rows=ms.max_training_rows,
-        n_estimators=ms.n_estimators,
-        num_threads=ms.num_threads,
-        exact_drivers=ms.exact_drivers,
-    ).fit(con, eval_cut, fit_time=now)
+    model = new_churn_model(settings, quals).fit(con, eval_cut, fit_time=now)
     scores = model.predict(con, eval_cut, all_candidates=True)
     frame = scores.frame
     y = label_churn(con, frame.customer_id, eval_cut, horizon, quals, scoring_cut=cut)

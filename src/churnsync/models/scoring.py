@@ -234,20 +234,14 @@ def _value_table(con: duckdb.DuckDBPyConnection, rfm: RFMFrame, cut: datetime, s
         return None
 
 
-def train_churn_model(
-    con: duckdb.DuckDBPyConnection, cut: datetime, settings: Settings, *, now: datetime | None = None
-) -> tuple[str, bool, str]:
-    """Train a churn model at ``cut``, save it in the registry, and promote it when the quality gate allows.
-
-    Returns (version, published, reason).
-    """
+def new_churn_model(settings: Settings, qualifying_events: Sequence[str]) -> ChurnModel:
+    """An unfitted :class:`ChurnModel` with the horizon of ``[prediction]`` and the knobs of ``[model]``."""
     from churnsync.models.churn import ChurnModel
-    from churnsync.models.registry import ModelRegistry, gate
 
     ms = settings.model
-    model = ChurnModel(
+    return ChurnModel(
         horizon_days=settings.prediction.horizon_days,
-        qualifying_events=settings.prediction.qualifying_events,
+        qualifying_events=qualifying_events,
         label_days=ms.label_days,
         training_cuts=ms.training_cuts,
         cut_spacing_days=ms.cut_spacing_days,
@@ -255,7 +249,20 @@ def train_churn_model(
         n_estimators=ms.n_estimators,
         num_threads=ms.num_threads,
         exact_drivers=ms.exact_drivers,
-    ).fit(con, cut, fit_time=now)
+    )
+
+
+def train_churn_model(
+    con: duckdb.DuckDBPyConnection, cut: datetime, settings: Settings, *, now: datetime | None = None
+) -> tuple[str, bool, str]:
+    """Train a churn model at ``cut``, save it in the registry, and promote it when the quality gate allows.
+
+    Returns (version, published, reason).
+    """
+    from churnsync.models.registry import ModelRegistry, gate
+
+    ms = settings.model
+    model = new_churn_model(settings, settings.prediction.qualifying_events).fit(con, cut, fit_time=now)
     registry = ModelRegistry(ms.registry_path)
     current = registry.in_service()
     served = registry.load(current).validation if current else None
