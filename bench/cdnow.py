@@ -76,7 +76,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--validation-days", type=int, default=91, help="length of the level-factor window (days)")
     args = parser.parse_args()
+    run(args.validation_days)
 
+
+def run(validation_days: int = 91) -> dict[str, dict[str, float]]:
+    """Print the CDNOW tables; return, per forecast, its holdout total, % error, MAE, RMSE, spend and spend % error."""
     con = load_events()
     rfm = build_rfm(con, CUT, ["purchase"], time_unit_days=7.0)
     x, t_x, T, m = rfm.frequency, rfm.recency, rfm.T, rfm.monetary_value
@@ -95,7 +99,7 @@ def main() -> None:
     timings["churnsync fits (BG/NBD + Pareto/NBD + Gamma-Gamma)"] = time.perf_counter() - started
     factors = {
         kind: estimate_level_factor(
-            con, CUT, ["purchase"], validation_days=args.validation_days, customer_model=kind, time_unit_days=7.0
+            con, CUT, ["purchase"], validation_days=validation_days, customer_model=kind, time_unit_days=7.0
         )
         for kind in ("bgnbd", "paretonbd")
     }
@@ -132,12 +136,21 @@ def main() -> None:
     print()
     print("| forecast | holdout total (actual 1,882) | MAE | RMSE | spend total (actual $70,976) |")
     print("|---|---|---|---|---|")
+    figures: dict[str, dict[str, float]] = {}
     for name, expected in forecasts.items():
         total = float(expected.sum())
         error = 100.0 * (total / actual.sum() - 1.0)
         mae = float(np.mean(np.abs(expected - actual)))
         rmse = float(np.sqrt(np.mean((expected - actual) ** 2)))
         spend_error = 100.0 * (spends[name] / actual_spend.sum() - 1.0)
+        figures[name] = {
+            "total": total,
+            "error": error,
+            "mae": mae,
+            "rmse": rmse,
+            "spend": spends[name],
+            "spend_error": spend_error,
+        }
         print(
             f"| {name} | {total:,.1f} ({error:+.1f} %) | {mae:.3f} | {rmse:.3f} | "
             f"${spends[name]:,.0f} ({spend_error:+.1f} %) |"
@@ -169,6 +182,7 @@ def main() -> None:
     print()
     for what, seconds in timings.items():
         print(f"{what}: {seconds:.2f} s")
+    return figures
 
 
 if __name__ == "__main__":

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import resource
 import tempfile
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -51,6 +53,13 @@ def cdnow_events() -> duckdb.DuckDBPyConnection:
     return con
 
 
+def print_selection(model: ChurnModel) -> None:
+    """The champion rule's inputs: validation log-loss, gap to the best and its standard error per candidate."""
+    selection = (model.state_ or {}).get("selection", {})
+    cells = [f"{n} log-loss {v['log_loss']:.4f} gap {v['gap']:+.4f} ± {v['se']:.4f}" for n, v in selection.items()]
+    print("  selection (one-SE rule): " + ", ".join(cells))
+
+
 def show(name: str, m: dict[str, float]) -> None:
     print(
         f"  {name:<28} AUC {m['auc']:.3f}  Brier {m['brier']:.4f}  log-loss {m['log_loss']:.4f}  "
@@ -58,7 +67,7 @@ def show(name: str, m: dict[str, float]) -> None:
     )
 
 
-def bench_cdnow(args: argparse.Namespace) -> None:
+def bench_cdnow(args: argparse.Namespace) -> dict[str, Any]:
     con = cdnow_events()
     horizon = (CDNOW_END - CDNOW_CUT).days  # 273 days = 39 weeks
     t0 = time.perf_counter()
@@ -79,12 +88,17 @@ def bench_cdnow(args: argparse.Namespace) -> None:
     p0 = b.prob_no_purchase(horizon / 7.0, r.frequency, r.recency, r.T)
     print(f"CDNOW FHL split: {len(y):,} customers, churn rate {y.mean():.3f}, fit+score {seconds:.2f} s")
     print(f"  champion: {model.reason_}")
-    show("BG/NBD P0 (39 weeks)", churn_metrics(y, p0))
-    for name, p in scores.candidates.items():
-        show(f"{name}{' (champion)' if name == model.champion_ else ''}", churn_metrics(y, p))
+    print_selection(model)
+    peer = churn_metrics(y, p0)
+    show("BG/NBD P0 (39 weeks)", peer)
+    candidates = {name: churn_metrics(y, p) for name, p in scores.candidates.items()}
+    for name, metrics in candidates.items():
+        show(f"{name}{' (champion)' if name == model.champion_ else ''}", metrics)
     m = churn_metrics(y, scores.churn_probability)
     print(f"  goal AUC >= 0.78: {m['auc']:.3f} {'meets' if m['auc'] >= 0.78 else 'MISSED'}; "
           f"Brier <= 0.150: {m['brier']:.4f} {'meets' if m['brier'] <= 0.150 else 'MISSED'}")  # fmt: skip
+    return {"champion": model.champion_, "reason": model.reason_, "metrics": m, "peer": peer,
+            "candidates": candidates, "seconds": seconds, "customers": len(y)}  # fmt: skip
 
 
 def load_parquet(folder: Path) -> duckdb.DuckDBPyConnection:
@@ -97,7 +111,7 @@ def load_parquet(folder: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def bench_truth(args: argparse.Namespace) -> None:
+def bench_truth(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         g = generate_sample(Path(tmp), customers=args.truth_customers, days=365, seed=4, fmt="parquet", horizons=(30,))
         con = load_parquet(Path(tmp))
@@ -116,15 +130,19 @@ def bench_truth(args: argparse.Namespace) -> None:
     true_p = truth["p"][idx]
     print(f"Generated data: {len(y):,} customers, 30-day churn rate {y.mean():.3f}, fit+score {seconds:.2f} s")
     print(f"  champion: {model.reason_}")
+    print_selection(model)
     show("true probabilities", churn_metrics(y, true_p))
-    for name, p in scores.candidates.items():
-        show(f"{name}{' (champion)' if name == model.champion_ else ''}", churn_metrics(y, p))
+    candidates = {name: churn_metrics(y, p) for name, p in scores.candidates.items()}
+    for name, metrics in candidates.items():
+        show(f"{name}{' (champion)' if name == model.champion_ else ''}", metrics)
     m, t = churn_metrics(y, scores.churn_probability), churn_metrics(y, true_p)
     print(f"  goal ECE <= 0.02: {m['ece']:.4f} {'meets' if m['ece'] <= 0.02 else 'MISSED'}; AUC within 0.01 of the "
           f"truth's {t['auc']:.3f}: {m['auc']:.3f} {'meets' if t['auc'] - m['auc'] <= 0.01 else 'MISSED'}")  # fmt: skip
+    return {"champion": model.champion_, "metrics": m, "truth": t, "candidates": candidates, "seconds": seconds,
+            "customers": len(y)}  # fmt: skip
 
 
-def bench_scale(args: argparse.Namespace) -> None:
+def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.data) if args.data else Path(tmp)
         t0 = time.perf_counter()
@@ -137,13 +155,15 @@ def bench_scale(args: argparse.Namespace) -> None:
         last = con.execute("SELECT CAST(max(occurred_at) AS DATE) FROM events").fetchall()[0][0]
         load = time.perf_counter() - t0
     cut = datetime(last.year, last.month, last.day) + timedelta(days=1)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     model = ChurnModel(horizon_days=30, qualifying_events=["purchase"], n_estimators=args.trees,
                        num_threads=args.threads, max_training_rows=args.max_training_rows).fit(con, cut)  # fmt: skip
     fit = time.perf_counter() - t0
     t0 = time.perf_counter()
     scores = model.predict(con, cut)
     score = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    load_average = os.getloadavg()[0]
     state = model.state_ or {}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
     total = fit + score
@@ -154,8 +174,11 @@ def bench_scale(args: argparse.Namespace) -> None:
         f"customer sample share {state.get('customer_sample_share', 1.0):.3f}), score + drivers {score:.1f} s, "
         f"total {total:.1f} s, peak RSS {peak:.2f} GiB"
     )
+    print(f"  train + score CPU time {cpu:.1f} s (this process), 1-minute load average {load_average:.1f}")
     print(f"  goal <= 60 s and <= 4 GiB: {'meets' if total <= 60 and peak <= 4 else 'MISSED'} "
           "(peak RSS covers the whole process: generation too unless --data names existing files)")  # fmt: skip
+    return {"customers": len(scores.customer_id), "events": rows[0] if rows else 0, "load": load, "fit": fit,
+            "score": score, "total": total, "cpu": cpu, "peak_gib": peak, "load_average": load_average}  # fmt: skip
 
 
 def main() -> None:

@@ -1,16 +1,22 @@
-"""Benchmark the attribute store: write a prediction run and compute the next sync's changes.
+"""Benchmark the attribute store: write prediction runs and compute the next sync's changes.
 
-For N customers × 8 attributes (6 numbers, 2 strings), on SQLite and/or PostgreSQL:
+For N customers × 8 attributes (6 numbers, 2 strings) with the default attribute rules, on SQLite and/or PostgreSQL:
 
 1. run 1: every customer is new: write the run, then select the first sync's changes (everyone);
 2. the destination acknowledges everything (bulk SQL here: the sync's per-request path is benchmarked in issue 5);
-3. run 2: 5 % of customers changed (probability moved beyond the tolerance, tier changed), the rest jittered within
-   the tolerance: write the run, then select: the selection must be exactly those customers.
+3. run 2: 5 % of customers changed (probability moved across the tolerance and its tier), the rest jittered within
+   tolerance: write, then select. This is the first selection after the full first sync: it also re-compares the
+   customers that sync left pending (everyone), so it costs about as much as a full comparison;
+4. the destination acknowledges run 2's changes (bulk SQL), and run 3 changes another 5 %: write, then select. This
+   is the steady state: the selection compares the customers marked since the last selection and those pending.
+
+Each selection is checked to be exactly the changed customers. The generated predictions are streamed to the store
+in chunks (``write_predictions`` takes an iterable of tables), so this process holds one chunk at a time and its peak
+RSS is that of the store's own work (the whole of ``churnsync run``'s store side).
 
 Prints wall seconds per step, this process's CPU seconds (on SQLite all the work; on PostgreSQL the client's share),
-the 1-minute load average (the machine is shared: a high load stretches wall time), and the process's peak RSS (the
-predictions table itself is in this process too, as in ``churnsync run``). The default size is small so ``make bench``
-stays quick; the figures in docs/benchmarks.md used::
+the 1-minute load average (the machine is shared: a high load stretches wall time), and the process's peak RSS. The
+default size is small so ``make bench`` stays quick; docs/benchmarks.md has the commands of its figures, e.g.::
 
     python bench/store.py --customers 1000000 --engine both
     python bench/store.py --customers 10000000 --engine postgresql
@@ -24,8 +30,10 @@ import resource
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -37,91 +45,118 @@ from churnsync.store import AttributeStore
 PG_ADMIN_URL = os.environ.get("CHURNSYNC_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TIERS = np.array(["low", "medium", "high"], dtype=object)
 SEGMENTS = np.array(["new", "active", "lapsing", "lost"], dtype=object)
+#: Customers generated at a time.
+CHUNK = 200_000
 
 
-def predictions(n: int, seed: int, base: dict[str, np.ndarray] | None, changed: np.ndarray | None) -> pa.Table:
-    """Run 1 (``base`` None) or run 2: the same as ``base`` jittered within tolerance, ``changed`` rows moved."""
-    rng = np.random.default_rng(seed)
-    ids = pa.array(np.char.add("c", np.arange(n).astype("U9")).astype(object), pa.string())
-    if base is None:
-        p = rng.random(n)
-        cols = {
-            "churn_probability": p,
-            "p_alive": 1 - p,
-            "expected_purchases_30d": rng.gamma(2.0, 0.5, n),
-            "expected_purchases_90d": rng.gamma(2.0, 1.5, n),
-            "clv": rng.gamma(2.0, 50.0, n),
-            "recency_days": rng.integers(0, 365, n).astype(float),
-        }
-    else:
-        # Score jitter, within every tolerance: rounds to at most ±0.01. (Not on the probability, whose jitter
-        # could cross a tier cut point: that is a real change, and this benchmark counts the exact 5 %.)
-        jitter = rng.uniform(-0.004, 0.004, n)
-        cols = {k: v.copy() for k, v in base.items() if k not in ("churn_risk", "segment")}
-        for key in ("expected_purchases_30d", "expected_purchases_90d"):
-            cols[key] = np.clip(cols[key] + jitter, 0.0, None)
-        assert changed is not None
-        cols["churn_probability"][changed] = np.where(base["churn_probability"][changed] < 0.5, 0.9, 0.1)
-        cols["p_alive"][changed] = 1 - cols["churn_probability"][changed]
-    p = cols["churn_probability"]
-    cols["churn_risk"] = TIERS[np.digitize(p, [0.5, 0.75])]
-    cols["segment"] = SEGMENTS[(cols["recency_days"] // 92).astype(int)]
-    table = pa.table({"customer_id": ids, **{k: pa.array(v) for k, v in cols.items()}})
-    return table
+def _base(seed: int, k: int, count: int) -> dict[str, np.ndarray]:
+    """Chunk ``k``'s run-1 scores: the same numbers every time it is regenerated."""
+    rng = np.random.default_rng([seed, k])
+    p = rng.random(count)
+    return {
+        "churn_probability": p,
+        "p_alive": 1 - p,
+        "expected_purchases_30d": rng.gamma(2.0, 0.5, count),
+        "expected_purchases_90d": rng.gamma(2.0, 1.5, count),
+        "clv": rng.gamma(2.0, 50.0, count),
+        "recency_days": rng.integers(0, 365, count).astype(float),
+    }
 
 
-def raw_columns(table: pa.Table) -> dict[str, np.ndarray]:
-    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.schema.names[1:]}
+def _changed(seed: int, run: int, k: int, count: int, share: float) -> np.ndarray:
+    """Positions in chunk ``k`` whose probability run ``run`` (2, 3, …) moves across the tolerance and its tier."""
+    rng = np.random.default_rng([seed, run, k, 1])
+    return np.sort(rng.choice(count, size=round(count * share), replace=False))
+
+
+def predictions(n: int, seed: int, run: int, share: float) -> Iterator[pa.Table]:
+    """Run ``run``'s predictions, chunk by chunk: run 1's scores, then each later run's moves, jittered."""
+    for k, start in enumerate(range(0, n, CHUNK)):
+        count = min(CHUNK, n - start)
+        cols = _base(seed, k, count)
+        p = cols["churn_probability"]
+        for later in range(2, run + 1):
+            moved = _changed(seed, later, k, count, share)
+            p[moved] = np.where(p[moved] < 0.5, 0.9, 0.1)
+        cols["p_alive"] = 1 - p
+        if run > 1:
+            # Score jitter within every tolerance (rounds to at most ±0.01); not on the probability, whose jitter
+            # could cross a tier cut point: that is a real change, and this benchmark counts the exact 5 %.
+            jitter = np.random.default_rng([seed, run, k, 2]).uniform(-0.004, 0.004, count)
+            for key in ("expected_purchases_30d", "expected_purchases_90d"):
+                cols[key] = np.clip(cols[key] + jitter, 0.0, None)
+        cols["churn_risk"] = TIERS[np.digitize(p, [0.5, 0.75])]
+        cols["segment"] = SEGMENTS[(cols["recency_days"] // 92).astype(int)]
+        ids = np.char.add("c", np.arange(start, start + count).astype("U9")).astype(object)
+        yield pa.table({"customer_id": pa.array(ids, pa.string()), **{k: pa.array(v) for k, v in cols.items()}})
+
+
+def changed_count(n: int, seed: int, run: int, share: float) -> int:
+    return sum(len(_changed(seed, run, k, min(CHUNK, n - start), share)) for k, start in enumerate(range(0, n, CHUNK)))
 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def timed(label: str, fn, results: dict[str, float]):  # type: ignore[no-untyped-def]
+def timed(label: str, fn: Callable[[], Any], results: dict[str, float]) -> Any:
     start, cpu = time.perf_counter(), time.process_time()
     value = fn()
     results[label] = time.perf_counter() - start
     used = time.process_time() - cpu
     load = os.getloadavg()[0]
     print(
-        f"  {label:<34} {results[label]:8.2f} s  (this process's CPU {used:7.2f} s, load {load:4.1f})"
+        f"  {label:<40} {results[label]:8.2f} s  (this process's CPU {used:7.2f} s, load {load:4.1f})"
         f"   peak RSS {peak_rss_mib():7.0f} MiB",
         flush=True,
     )
     return value
 
 
-def write_run(store: AttributeStore, table: pa.Table, rules: AttributeSettings) -> int:
+def write_run(store: AttributeStore, chunks: Iterator[pa.Table], rules: AttributeSettings) -> int:
     run = store.start_prediction_run(
         as_of=datetime.now(UTC) - timedelta(days=1), horizon_days=30, model_version="bench", details={}
     )
-    summary = store.write_predictions(run, table, rules)
+    summary = store.write_predictions(run, chunks, rules)
     store.finish_prediction_run(run, status="succeeded", summary={"values_changed": summary.values_changed})
-    return summary.values_changed
+    return run
 
 
 def count_selection(store: AttributeStore) -> int:
     return sum(len(chunk) for chunk in store.select_changes("braze", chunk_size=5000))
 
 
-def acknowledge_all(url: str) -> None:
-    """What a complete sync leaves behind, written in bulk (bench shortcut, not churnsync's sync path)."""
+def acknowledge(url: str, run: int | None) -> None:
+    """What a complete sync leaves behind, in bulk SQL (bench shortcut, not churnsync's sync path).
+
+    ``run`` None: everything (the first sync); else the values that run changed.
+    """
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "INSERT INTO destination_state (destination, customer_id, attribute, num_value, text_value, "
-                "sync_run_id, acknowledged_at) SELECT 'braze', customer_id, attribute, num_value, text_value, 1, "
-                "updated_at FROM attribute_values"
+        if run is None:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO destination_state (destination, customer_id, attribute, num_value, text_value, "
+                    "sync_run_id, acknowledged_at) SELECT 'braze', customer_id, attribute, num_value, text_value, 1, "
+                    "updated_at FROM attribute_values"
+                )
             )
-        )
+        else:
+            conn.execute(
+                sa.text(
+                    "UPDATE destination_state SET num_value = v.num_value, text_value = v.text_value "
+                    "FROM attribute_values v WHERE v.prediction_run_id = :run AND destination_state.destination = "
+                    "'braze' AND destination_state.customer_id = v.customer_id "
+                    "AND destination_state.attribute = v.attribute"
+                ),
+                {"run": run},
+            )
     engine.dispose()
 
 
-def bench(engine: str, n: int, seed: int, share: float) -> dict[str, float]:
+def bench(engine: str, n: int, seed: int, share: float, runs: int, *, write_only: bool = False) -> dict[str, float]:
     results: dict[str, float] = {}
-    print(f"{engine}: {n:,} customers × 8 attributes", flush=True)
+    print(f"{engine}: {n:,} customers × 8 attributes, load {os.getloadavg()[0]:.1f}", flush=True)
     tmp = tempfile.TemporaryDirectory()
     admin = None
     schema = f"bench_{uuid.uuid4().hex[:8]}"
@@ -134,22 +169,26 @@ def bench(engine: str, n: int, seed: int, share: float) -> dict[str, float]:
         url = f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
     rules = AttributeSettings()
     try:
-        first = predictions(n, seed, None, None)
-        base = raw_columns(first)
-        rng = np.random.default_rng(seed + 1)
-        changed = np.sort(rng.choice(n, size=int(n * share), replace=False))
-        second = predictions(n, seed + 2, base, changed)
-        del base
         with AttributeStore.open(url) as store:
-            timed("run 1: write (all new)", lambda: write_run(store, first, rules), results)
-            selected = timed("run 1: select changes (everyone)", lambda: count_selection(store), results)
+            timed("run 1: write (all new)", lambda: write_run(store, predictions(n, seed, 1, share), rules), results)
+            if write_only:
+                print(f"  peak RSS of this process: {peak_rss_mib():.0f} MiB (run 1's write only)", flush=True)
+                return results
+            selected = timed("run 1: select (everyone)", lambda: count_selection(store), results)
             assert selected == n, (selected, n)
-            timed("acknowledge all (bulk SQL)", lambda: acknowledge_all(url), results)
-            timed("run 2: write (5 % changed)", lambda: write_run(store, second, rules), results)
-            selected = timed("run 2: select changes", lambda: count_selection(store), results)
-            assert selected == len(changed), (selected, len(changed))
-        total = results["run 2: write (5 % changed)"] + results["run 2: select changes"]
-        print(f"  run 2 write + select: {total:.2f} s; selection = exactly the {len(changed):,} changed customers")
+            timed("acknowledge all (bulk SQL)", lambda: acknowledge(url, None), results)
+            for run in range(2, runs + 1):
+                expected = changed_count(n, seed, run, share)
+                label = f"run {run}: write ({share:.0%} changed)"
+                prediction_run = timed(
+                    label, lambda r=run: write_run(store, predictions(n, seed, r, share), rules), results
+                )
+                selected = timed(f"run {run}: select", lambda: count_selection(store), results)
+                assert selected == expected, (selected, expected)
+                total = results[label] + results[f"run {run}: select"]
+                print(f"  run {run} write + select: {total:.2f} s; selection = exactly the {expected:,} changed")
+                if run < runs:
+                    timed(f"acknowledge run {run} (bulk SQL)", lambda r=prediction_run: acknowledge(url, r), results)
         print(f"  peak RSS of this process: {peak_rss_mib():.0f} MiB", flush=True)
     finally:
         if admin is not None:
@@ -166,12 +205,14 @@ def main() -> None:
     parser.add_argument(
         "--engine", choices=["sqlite", "postgresql", "both"], default="both", help="Which store engine(s)."
     )
-    parser.add_argument("--changed-share", type=float, default=0.05, help="Share of customers changed in run 2.")
+    parser.add_argument("--changed-share", type=float, default=0.05, help="Share of customers changed per run.")
+    parser.add_argument("--runs", type=int, default=3, choices=[2, 3], help="Prediction runs (default 3).")
     parser.add_argument("--seed", type=int, default=7, help="Random seed.")
+    parser.add_argument("--write-only", action="store_true", help="Only run 1's write (a first load), then stop.")
     args = parser.parse_args()
     engines = ["sqlite", "postgresql"] if args.engine == "both" else [args.engine]
     for engine in engines:
-        bench(engine, args.customers, args.seed, args.changed_share)
+        bench(engine, args.customers, args.seed, args.changed_share, args.runs, write_only=args.write_only)
 
 
 if __name__ == "__main__":

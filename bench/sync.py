@@ -125,9 +125,16 @@ def changes(n: int, chunk: int = 5000) -> Iterator[list[Change]]:
         ]
 
 
-def bench_client(updates: int, concurrency: int) -> dict[str, float]:
+def bench_client(updates: int, concurrency: int, engine: str = "aiohttp") -> dict[str, float]:
+    """Client CPU per update. ``engine="h11"`` runs the same client on httpx's default transport, for reference."""
+    import httpx
+
     from churnsync.sync.braze import push_changes
 
+    transport = None
+    if engine == "h11":
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        transport = httpx.AsyncHTTPTransport(limits=limits)
     sink, url = start_sink()
     try:
         destination = BrazeDestination(endpoint=url, concurrency=concurrency)
@@ -139,7 +146,9 @@ def bench_client(updates: int, concurrency: int) -> dict[str, float]:
             acknowledged += len(outcome.accepted)
 
         cpu, wall = time.process_time(), time.perf_counter()
-        counts = push_changes(data, name="bench", destination=destination, api_key=KEY, on_batch=on_batch)
+        counts = push_changes(
+            data, name="bench", destination=destination, api_key=KEY, on_batch=on_batch, transport=transport
+        )
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     finally:
         stop(sink)
@@ -300,14 +309,20 @@ def main() -> None:
     parser.add_argument("--peer-python", help="python of a venv with braze-client and tenacity>=8 (else: skipped)")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     parser.add_argument(
-        "--only", choices=["client", "e2e", "limit", "peer"], action="append", help="run only these (repeatable)"
+        "--only",
+        choices=["client", "client-h11", "e2e", "limit", "peer"],
+        action="append",
+        help="run only these (repeatable); client-h11 is the same client on httpx's default transport",
     )
     args = parser.parse_args()
-    only = set(args.only or ["client", "e2e", "limit", "peer"])
+    only = set(args.only or ["client", "client-h11", "e2e", "limit", "peer"])
     results: dict[str, object] = {}
     if "client" in only:
         results["client"] = bench_client(args.updates, args.concurrency)
         print("client:", json.dumps(results["client"]), flush=True)
+    if "client-h11" in only:
+        results["client-h11"] = bench_client(args.updates, args.concurrency, engine="h11")
+        print("client-h11:", json.dumps(results["client-h11"]), flush=True)
     if "e2e" in only:
         with tempfile.TemporaryDirectory() as folder:
             results["e2e"] = bench_e2e(args.customers, args.concurrency, Path(folder))

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "churnsync"
-STAGES = ("events", "features", "models", "store", "sync")
+STAGES = ("events", "features", "models", "store", "sync", "engines")
 UPPER = (
     "churnsync.cli",
     "churnsync.pipeline",
@@ -54,3 +54,10 @@ def test_architecture_doc_names_every_stage_module() -> None:
     doc = (SRC.parents[1] / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
     for stage in STAGES:
         assert f"{stage}/" in doc, stage
+
+
+def test_engines_use_the_stages_below_them_only() -> None:
+    """The Spark engine builds predictions; storing and syncing them stays the pipeline's (issue 8)."""
+    for path in (SRC / "engines").rglob("*.py"):
+        modules = imported_modules(path)
+        assert not any(m.startswith(("churnsync.store", "churnsync.sync")) for m in modules), path

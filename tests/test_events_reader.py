@@ -214,6 +214,7 @@ def test_every_reason_is_written_with_its_source_line(tmp_path: Path, con: Any, 
         "x,2025-01-01,purchase,-2.5",  # 11: negative_value
         '"good2","2025-01-02","session",""',  # 12
         ",,,",  # 13: empty_customer_id (the first reason that applies)
+        "z" * 256 + ",2025-01-01,purchase,1",  # 14: bad_customer_id (longer than Braze's 255)
     ]
     write(tmp_path / "bad.csv", HEADER + "\n".join(lines) + "\n")
     write(tmp_path / "also.csv", HEADER + "y,2025-01-01,purchase,1\ny,2025-13-01,purchase,1\n")
@@ -232,6 +233,7 @@ def test_every_reason_is_written_with_its_source_line(tmp_path: Path, con: Any, 
         ("bad.csv", 10, "bad_value"),
         ("bad.csv", 11, "negative_value"),
         ("bad.csv", 13, "empty_customer_id"),
+        ("bad.csv", 14, "bad_customer_id"),
     ]
     by_line = {int(r["source_line"]): r for r in rejects(result) if r["source_file"].endswith("bad.csv")}
     assert by_line[8]["value"] == "abc"
@@ -249,7 +251,7 @@ def test_every_reason_is_written_with_its_source_line(tmp_path: Path, con: Any, 
     assert set(result.reject_reasons) == set(REJECT_REASONS)
     assert result.reject_reasons["bad_timestamp"] == 3
     assert result.reject_reasons["bad_value"] == 3
-    assert (result.rows_read, result.rows_rejected, result.rows_loaded) == (14, 11, 3)
+    assert (result.rows_read, result.rows_rejected, result.rows_loaded) == (15, 12, 3)
     assert sorted(r[0] for r in rows(con)) == ["good1", "good2", "y"]
 
 

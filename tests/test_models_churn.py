@@ -13,7 +13,7 @@ import pytest
 from churnsync.config import ModelSettings
 from churnsync.errors import DataError, ModelError, NotFittedError
 from churnsync.events.generator import generate_sample
-from churnsync.models.churn import CANDIDATES, ChurnModel, _fit_platt, _sigmoid, label_churn
+from churnsync.models.churn import CANDIDATES, SIMPLICITY, ChurnModel, _fit_platt, _sigmoid, label_churn
 from churnsync.models.scoring import assign_segments
 
 START = date(2025, 1, 1)
@@ -103,8 +103,13 @@ def test_champion_reason_calibration_and_drivers(con: duckdb.DuckDBPyConnection,
     assert fitted.champion_ in CANDIDATES
     assert fitted.champion_ in fitted.reason_ and "validation log-loss" in fitted.reason_
     assert set(fitted.validation_) == set(CANDIDATES)
-    best = fitted.validation_[fitted.champion_]["log_loss"]
-    assert all(best <= m["log_loss"] for m in fitted.validation_.values())
+    # One-standard-error rule: the champion is the simplest candidate within one standard error of the best.
+    selection = (fitted.state_ or {})["selection"]
+    tied = [n for n in SIMPLICITY if selection[n]["gap"] <= selection[n]["se"]]
+    assert fitted.champion_ == tied[0]
+    assert min(m["log_loss"] for m in fitted.validation_.values()) == pytest.approx(
+        min(v["log_loss"] for v in selection.values())
+    )
     # Calibrated on the newest window: on that same window the mean prediction equals the churn rate.
     cut0 = CUT - timedelta(days=30)
     scores = fitted.predict(con, cut0, all_candidates=True)
@@ -131,6 +136,18 @@ def test_path_contributions_add_up_to_the_raw_score(con: duckdb.DuckDBPyConnecti
         assert float(np.ptp(raw[:50] - exact.sum(axis=1))) < 1e-6
     finally:
         fitted.exact_drivers = False
+
+
+def test_scoring_reads_the_gbm_score_from_the_driver_pass(con: duckdb.DuckDBPyConnection, fitted: ChurnModel) -> None:
+    # predict() takes the GBM's raw score from the path-attribution pass (roots + contributions), not from a second
+    # pass over the trees: the probabilities must be those of LightGBM's own raw score.
+    scores = fitted.predict(con, CUT, all_candidates=True)
+    state = fitted.state_ or {}
+    a, b = state["platt"]["gbm"]
+    assert state["level_anchor"] == "calibration_window"
+    expected = _sigmoid(a * fitted._booster.predict(scores.frame.X, raw_score=True) + b)
+    np.testing.assert_allclose(scores.candidates["gbm"], expected, rtol=0, atol=1e-9)
+    assert list(fitted.drivers(scores.frame)) == list(scores.churn_driver)
 
 
 def test_round_trip_through_json(con: duckdb.DuckDBPyConnection, fitted: ChurnModel) -> None:

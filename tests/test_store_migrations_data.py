@@ -74,7 +74,12 @@ def test_upgrade_from_0001_keeps_every_row_and_fills_the_new_tables(store_url: s
                 scored = dict(conn.execute(sa.text("SELECT customer_id, last_run_id FROM customers")).all())
                 first = dict(conn.execute(sa.text("SELECT customer_id, first_run_id FROM customers")).all())
                 locks = conn.execute(sa.text("SELECT count(*) FROM store_lock")).scalar_one()
+                marks = dict(conn.execute(sa.text("SELECT customer_id, changed_seq FROM customers")).all())
+                counter = conn.execute(sa.text("SELECT value FROM store_counters WHERE name = 'changes'")).scalar_one()
+                watermarks = conn.execute(sa.text("SELECT count(*) FROM selection_watermarks")).scalar_one()
             assert after == before
+            # 0005: no customer marked and no watermark yet, so each destination's first selection compares everyone.
+            assert marks == {"a": 0, "b": 0} and counter == 0 and watermarks == 0
             # Everyone counts as scored by the latest succeeded run (2), or a later run that changed them (3).
             assert scored == {"a": 2, "b": 3} and first == {"a": 1, "b": 3}
             assert locks == 0
@@ -88,6 +93,8 @@ def test_upgrade_from_0001_keeps_every_row_and_fills_the_new_tables(store_url: s
             assert acked == {"churn_risk": {"braze": T0}, "churn_probability": {"braze": T0}}
             assert store.prediction_runs()[0]["model_version"] == "m-2"
             assert [c.customer_id for chunk in store.select_changes("braze") for c in chunk] == ["b"]
+            assert [c.customer_id for chunk in store.select_changes("braze", mode="mirror") for c in chunk] == ["b"]
+            # The next selection is change-driven (from the watermark): b is still pending, a still acknowledged.
             assert [c.customer_id for chunk in store.select_changes("braze", mode="mirror") for c in chunk] == ["b"]
             sync = store.start_sync_run("braze", prediction_run_id=2)
             assert sync == 2

@@ -218,7 +218,9 @@ def test_failures_and_release_from_the_command_line(
     assert released.exit_code == 0, released.output
     assert ledger.quarantined(store, "braze") == {}
     again = sync(store, config)
-    assert again.counts.sent == 1  # released: tried again although its value did not change
+    # Released: tried again although its value did not change (and refused again, before sending: issue 9).
+    assert again.counts.selected == 1 and again.details["skipped_quarantined"] == 0
+    assert again.counts.failed == 1 and again.counts.sent == 0
 
 
 # -- several destinations -------------------------------------------------------------------------------------

@@ -54,8 +54,10 @@ def fill_store(folder: Path, *, customers: int = 600) -> Filled:
     """The demo's two runs and syncs, a sync to a second workspace that refuses every object, and the backtest."""
     demo = run_demo(folder, customers=customers, days=200, now=NOW)
     settings = load_settings(demo.config_path)
-    with serve_in_thread(EmulatorConfig(api_key=SECRET_KEY)) as emulator:
-        strict = BrazeDestination(endpoint=emulator.url, attribute_prefix="$")
+    # A workspace that refuses every object (per-object errors). A name Braze refuses (a "$" prefix, say) no longer
+    # reaches Braze at all: the sync stops before sending (issue 9).
+    with serve_in_thread(EmulatorConfig(api_key=SECRET_KEY, faults={"object": 1.0})) as emulator:
+        strict = BrazeDestination(endpoint=emulator.url)
         settings = settings.model_copy(update={"destinations": {**settings.destinations, "braze_strict": strict}})
         with AttributeStore.open(demo.store_url) as store:
             sync_destination(settings, store, "braze_strict", prediction_run_id=2, api_key=SECRET_KEY)
@@ -112,7 +114,7 @@ def test_every_page_answers_and_shows_the_runs(dashboard: str, filled: Filled) -
         assert "Customers by risk tier" in overview and "braze_emulator" in overview
         assert "600 customers have predictions" in overview
         syncs = client.get("/syncs").text
-        assert "names must not start with &#39;$&#39;" in syncs  # Braze's reason for the refused customers
+        assert "simulated: Braze could not process this object" in syncs  # Braze's reason for the refused customers
         model = client.get("/model").text
         assert "BG/NBD parameters per run" in model and "alpha" in model
         assert "Comparison with the baselines" in model and "(champion)" in model  # from the model registry

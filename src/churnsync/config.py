@@ -7,12 +7,14 @@ are errors that name the key and the file. Relative paths in the file resolve ag
 from __future__ import annotations
 
 import os
+import re
 import tomllib
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from churnsync.errors import ConfigError
 
@@ -53,6 +55,9 @@ class PredictionSettings(_Strict):
     as_of: date | None = None
     clv_horizon_days: int = Field(365, ge=1, le=3650)
     annual_discount_rate: float = Field(0.10, ge=0.0, lt=10.0)
+    # -- issue 3: the scored population (customers active in the last M days; none = every customer)
+    active_within_days: int | None = Field(None, ge=1, le=3650)
+    active_events: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _ordered_cuts(self) -> PredictionSettings:
@@ -60,6 +65,64 @@ class PredictionSettings(_Strict):
         if not 0.0 < low < high < 1.0:
             raise ValueError("risk_cut_points must be two numbers with 0 < low < high < 1")
         return self
+
+
+#: The name of the single prediction that ``[prediction]`` defines when there is no ``[predictions.<name>]``.
+DEFAULT_PREDICTION = "default"
+_PREDICTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+_SUFFIX = re.compile(r"^(_[a-z0-9_]{1,40})?$")
+#: The attributes one prediction publishes, before its suffix (``{N}``/``{H}``: its horizons).
+PUBLISHED_ATTRIBUTES = (
+    "churn_probability",
+    "churn_risk",
+    "expected_purchases_{N}d",
+    "p_alive",
+    "clv_{H}d",
+    "next_purchase_date",
+    "churn_driver",
+    "segment",
+)
+
+
+class NamedPrediction(_Strict):
+    """One of several predictions side by side (``[predictions.<name>]``); unset keys come from ``[prediction]``."""
+
+    horizon_days: int | None = Field(None, ge=1, le=365)
+    qualifying_events: list[str] | None = Field(None, min_length=1)
+    risk_cut_points: tuple[float, float] | None = None
+    clv_horizon_days: int | None = Field(None, ge=1, le=3650)
+    annual_discount_rate: float | None = Field(None, ge=0.0, lt=10.0)
+    active_within_days: int | None = Field(None, ge=1, le=3650)
+    active_events: list[str] | None = None
+    attribute_suffix: str | None = None
+
+    @field_validator("risk_cut_points")
+    @classmethod
+    def _ordered_cuts(cls, cuts: tuple[float, float] | None) -> tuple[float, float] | None:
+        if cuts is not None and not 0.0 < cuts[0] < cuts[1] < 1.0:
+            raise ValueError("must be two numbers with 0 < low < high < 1")
+        return cuts
+
+
+class PredictionSpec(BaseModel):
+    """One effective prediction: its name, its definition (``[prediction]`` overlaid by its own keys) and the
+    suffix of the attributes it publishes (``""`` for the single ``[prediction]``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    settings: PredictionSettings
+    attribute_suffix: str = ""
+
+    def published(self, *, next_purchase_date: bool = True) -> list[str]:
+        """The attribute names this prediction may publish, suffix included."""
+        out = []
+        for template in PUBLISHED_ATTRIBUTES:
+            if template == "next_purchase_date" and not next_purchase_date:
+                continue
+            base = template.format(N=self.settings.horizon_days, H=self.settings.clv_horizon_days)
+            out.append(base + self.attribute_suffix)
+        return out
 
 
 class AttributeRule(_Strict):
@@ -115,6 +178,8 @@ class BrazeDestination(_Strict):
 
     type: Literal["braze"] = "braze"
     endpoint: str = "https://rest.iad-01.braze.com"
+    # -- issue 9: plain http beyond localhost only when asked for (the key would cross the network unencrypted)
+    allow_insecure_http: bool = False
     api_key_env: str = "BRAZE_API_KEY"
     batch_size: int = Field(75, ge=1, le=75)
     concurrency: int = Field(4, ge=1, le=64)
@@ -232,8 +297,24 @@ class ModelSettings(_Strict):
     segments: list[SegmentRule] = Field(default_factory=_default_segments)
 
 
+# -- issue 8: the engine that reads events, builds features and scores (DuckDB on one machine, or Spark)
+class SparkSettings(_Strict):
+    """How churnsync runs on Apache Spark when ``engine = "spark"`` (see docs/scaling.md)."""
+
+    master: str | None = None
+    app_name: str = Field("churnsync", min_length=1)
+    conf: dict[str, str] = Field(default_factory=dict)
+    tables: list[str] = Field(default_factory=list)
+    training_sample_customers: int = Field(1_000_000, ge=1000)
+    staging_path: str | None = None
+    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "ERROR"
+
+
 class Settings(_Strict):
     """All of churnsync's settings."""
+
+    engine: Literal["duckdb", "spark"] = "duckdb"
+    spark: SparkSettings = Field(default_factory=SparkSettings)
 
     data: DataSettings = Field(default_factory=DataSettings)
     prediction: PredictionSettings = Field(default_factory=PredictionSettings)
@@ -243,17 +324,95 @@ class Settings(_Strict):
     model: ModelSettings = Field(default_factory=ModelSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    # -- issue 3: several predictions side by side, each publishing its own attributes
+    predictions: dict[str, NamedPrediction] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _predictions_are_distinct(self) -> Settings:
+        self.prediction_specs()  # names, merged definitions and attribute collisions are checked here
+        return self
+
+    def prediction_specs(self) -> list[PredictionSpec]:
+        """The predictions to make: each ``[predictions.<name>]`` over ``[prediction]``, or ``[prediction]`` alone.
+
+        Raises ``ValueError`` naming the key for a bad name, suffix or merged definition, and naming both
+        predictions when two would publish the same attribute.
+        """
+        if not self.predictions:
+            return [PredictionSpec(name=DEFAULT_PREDICTION, settings=self.prediction)]
+        base = self.prediction.model_dump(exclude_unset=True, exclude={"as_of"})
+        specs: list[PredictionSpec] = []
+        owner: dict[str, str] = {}
+        for name, named in self.predictions.items():
+            if not _PREDICTION_NAME.match(name):
+                raise ValueError(
+                    f"predictions.{name}: a prediction name is 1-40 characters of a-z, 0-9 and _, starting with a "
+                    "letter (it becomes part of attribute names and model versions)"
+                )
+            own = named.model_dump(exclude_unset=True, exclude={"attribute_suffix"})
+            try:
+                merged = PredictionSettings.model_validate({**base, **own, "as_of": self.prediction.as_of})
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in first.get("loc", ()))
+                msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+                raise ValueError(f"predictions.{name}{'.' + where if where else ''}: {msg}") from None
+            suffix = f"_{name}" if named.attribute_suffix is None else named.attribute_suffix
+            if not _SUFFIX.match(suffix):
+                raise ValueError(
+                    f"predictions.{name}.attribute_suffix: {suffix!r} must be empty or start with _ followed by "
+                    "a-z, 0-9 and _"
+                )
+            spec = PredictionSpec(name=name, settings=merged, attribute_suffix=suffix)
+            for attribute in spec.published():
+                if attribute in owner:
+                    raise ValueError(
+                        f"predictions.{owner[attribute]} and predictions.{name} would both publish the attribute "
+                        f"'{attribute}'; give one of them another attribute_suffix"
+                    )
+                owner[attribute] = name
+            specs.append(spec)
+        return specs
+
+    def prediction_names(self) -> list[str]:
+        """The names of the configured predictions, in file order."""
+        return [spec.name for spec in self.prediction_specs()]
+
+    def select_predictions(self, names: Sequence[str] | None) -> list[PredictionSpec]:
+        """The predictions named by ``--prediction`` (all when ``names`` is empty); an unknown name is a ConfigError."""
+        specs = self.prediction_specs()
+        if not names:
+            return specs
+        known = {spec.name: spec for spec in specs}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ConfigError(
+                f"--prediction: no prediction named {', '.join(repr(n) for n in unknown)} "
+                f"(configured: {', '.join(known)})",
+                remedy="Use a name of a [predictions.<name>] table, or 'default' for the single [prediction]",
+            )
+        return [known[n] for n in dict.fromkeys(names)]
+
+    def for_prediction(self, spec: PredictionSpec) -> Settings:
+        """These settings with ``[prediction]`` replaced by ``spec``'s definition (what one prediction's run reads)."""
+        return self.model_copy(update={"prediction": spec.settings})
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "(top level)"
+    text = ".".join(str(part) for part in loc) or "(top level)"
+    # A key is the user's text: control characters would break the one-line message (escape them, as repr does).
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _describe(error: dict[str, Any]) -> str:
     key = _key_path(tuple(error.get("loc", ())))
     if error.get("type") == "extra_forbidden":
         return f"unknown key '{key}'"
-    return f"key '{key}': {error.get('msg', 'invalid')} (got {error.get('input')!r})"
+    if error.get("type") == "value_error" and not error.get("loc"):
+        # A check across sections (e.g. two predictions publishing the same attribute) names its keys itself.
+        return str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"key '{key}': {msg} (got {error.get('input')!r})"
 
 
 def settings_from_mapping(raw: dict[str, Any], *, source: str = "configuration") -> Settings:
@@ -269,9 +428,15 @@ def settings_from_mapping(raw: dict[str, Any], *, source: str = "configuration")
         ) from None
 
 
+def _is_uri(path: str) -> bool:
+    scheme, sep, _ = path.partition(":")
+    return bool(sep) and len(scheme) > 1 and scheme.replace("+", "").replace("-", "").isalnum()
+
+
 def _resolve_relative(settings: Settings, base: Path) -> Settings:
     def rel(p: str) -> str:
-        return p if Path(p).is_absolute() else str(base / p)
+        # URIs (s3://, hdfs://, dbfs:/ ...) are for the Spark engine and are never relative to the file.
+        return p if Path(p).is_absolute() or _is_uri(p) else str(base / p)
 
     data = settings.data.model_copy(
         update={
@@ -287,6 +452,9 @@ def _resolve_relative(settings: Settings, base: Path) -> Settings:
     settings = settings.model_copy(
         update={"model": settings.model.model_copy(update={"registry_path": rel(settings.model.registry_path)})}
     )
+    if settings.spark.staging_path:
+        spark = settings.spark.model_copy(update={"staging_path": rel(settings.spark.staging_path)})
+        settings = settings.model_copy(update={"spark": spark})
     observe = settings.observability
     if observe.metrics_textfile:
         observe = observe.model_copy(update={"metrics_textfile": rel(observe.metrics_textfile)})
@@ -344,6 +512,15 @@ horizon_days = 30                # churn = no qualifying event within this many 
 qualifying_events = ["purchase"]
 risk_cut_points = [0.50, 0.75]   # low < 0.50 <= medium < 0.75 <= high, as Braze's categories
 # as_of = 2026-01-31             # ignore events after this date (backtests)
+# active_within_days = 90        # score only customers with an event in the last 90 days
+
+# Several predictions side by side: each [predictions.<name>] takes the keys above it does not set, has its own
+# model and publishes its own attributes (suffix _<name>: churn_probability_session_7d, ...).
+# [predictions.purchase_30d]
+# attribute_suffix = ""          # the plain names
+# [predictions.session_7d]
+# horizon_days = 7
+# qualifying_events = ["session"]
 
 [attributes.rules.churn_probability]
 round = 2

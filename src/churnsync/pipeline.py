@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
-from churnsync.config import Settings
+from churnsync.config import DEFAULT_PREDICTION, AttributeSettings, PredictionSpec, Settings
 from churnsync.errors import ChurnsyncError, DataError
 from churnsync.records import SyncCounts
 
@@ -15,8 +15,10 @@ if TYPE_CHECKING:
     import threading
 
     import httpx
+    import pyarrow as pa
 
     from churnsync.events.reader import LoadResult
+    from churnsync.models.scoring import Prediction
     from churnsync.store.store import AttributeStore, WriteSummary
 
 
@@ -44,8 +46,20 @@ class SyncReport:
 
 
 @dataclass
+class PredictionOutcome:
+    """What one prediction of a run did: its model, the attributes' suffix, how many it scored, its tiers."""
+
+    name: str
+    attribute_suffix: str
+    model_version: str
+    customers_scored: int
+    risk_counts: dict[str, int]
+    messages: list[str] = field(default_factory=list)
+
+
+@dataclass
 class RunReport:
-    """What one pipeline run did, stage by stage."""
+    """What one pipeline run did, stage by stage (``model_version`` and ``risk_counts``: the first prediction's)."""
 
     prediction_run_id: int
     as_of: date
@@ -58,6 +72,8 @@ class RunReport:
     syncs: list[SyncReport] = field(default_factory=list)
     #: What the churn model step did (trained, published or refused by the quality gate, fell back to BG/NBD).
     model_messages: list[str] = field(default_factory=list)
+    #: Every prediction of the run (one for the single ``[prediction]``), in configuration order.
+    predictions: list[PredictionOutcome] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -65,27 +81,22 @@ class RunReport:
         return all(s.status == "succeeded" for s in self.syncs)
 
 
-def predict_and_store(
+def _predict_on_duckdb(
     settings: Settings,
-    store: AttributeStore,
+    specs: Sequence[PredictionSpec],
+    as_of: date,
+    cut: datetime,
     *,
     now: datetime,
-    as_of: date | None = None,
-    retrain: bool = False,
-) -> RunReport:
-    """Read events, fit and score, write the predictions; record the prediction run (failed runs too).
-
-    ``retrain``: train a new churn model first (the quality gate decides whether it replaces the one in service).
-    """
+    retrain: bool,
+    scored: list[tuple[PredictionSpec, Prediction]],
+) -> LoadResult:
+    """Read the events into DuckDB and make every prediction of ``specs`` (appended to ``scored``)."""
     import duckdb
-    import pyarrow.compute as pc
 
     from churnsync.events.reader import load_events
     from churnsync.models.scoring import predict_attributes
 
-    as_of = as_of or settings.prediction.as_of or now.date()
-    cut = cut_for(as_of)
-    prediction = settings.prediction.model_copy(update={"as_of": as_of})
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
@@ -96,42 +107,88 @@ def predict_and_store(
                 f"no events on or before {as_of.isoformat()} in {', '.join(settings.data.paths)}",
                 remedy="Check data.paths and --as-of",
             )
-        scored = predict_attributes(
-            con, cut, settings.model_copy(update={"prediction": prediction}), now=now, retrain=retrain
-        )
+        for spec in specs:
+            one = predict_attributes(
+                con, cut, settings.for_prediction(spec), now=now, retrain=retrain, prediction_name=spec.name
+            )
+            scored.append((spec, one))
     finally:
         con.close()
-    table, version = scored.table, scored.model_version
+    return load
+
+
+def predict_and_store(
+    settings: Settings,
+    store: AttributeStore,
+    *,
+    now: datetime,
+    as_of: date | None = None,
+    retrain: bool = False,
+    predictions: Sequence[str] | None = None,
+) -> RunReport:
+    """Read events, fit and score, write the predictions; record the prediction run (failed runs too).
+
+    ``retrain``: train a new churn model first (the quality gate decides whether it replaces the one in service).
+    ``predictions``: the names of the predictions to make (default: every configured one). All of them read the
+    same events up to ``as_of`` and are written as one run: each prediction's attributes carry its suffix.
+    """
+    specs = settings.select_predictions(predictions)
+    as_of = as_of or settings.prediction.as_of or now.date()
+    cut = cut_for(as_of)
+    specs = [spec.model_copy(update={"settings": spec.settings.model_copy(update={"as_of": as_of})}) for spec in specs]
+    scored: list[tuple[PredictionSpec, Prediction]] = []
+    if settings.engine == "spark":  # issue 8: read, features, training sample and scoring on Spark
+        from churnsync.engines.spark import predict_on_spark
+
+        jobs = [(settings.for_prediction(spec), spec.name) for spec in specs]
+        load, results = predict_on_spark(settings, jobs, cut, now=now, retrain=retrain)
+        scored = list(zip(specs, results, strict=True))
+    else:
+        load = _predict_on_duckdb(settings, specs, as_of, cut, now=now, retrain=retrain, scored=scored)
+    table = _published_table(scored)
+    outcomes = [_outcome(spec, one) for spec, one in scored]
+    first = scored[0][1]
+    several = len(scored) > 1 or specs[0].name != DEFAULT_PREDICTION
+    version = first.model_version if not several else "; ".join(f"{o.name}={o.model_version}" for o in outcomes)
+    details: dict[str, Any] = {**first.details, "rows_loaded": load.rows_loaded, "rows_rejected": load.rows_rejected}
+    if several:
+        details["predictions"] = {
+            spec.name: {
+                "model_version": one.model_version,
+                "horizon_days": spec.settings.horizon_days,
+                "qualifying_events": list(spec.settings.qualifying_events),
+                "attribute_suffix": spec.attribute_suffix,
+                "customers_scored": outcome.customers_scored,
+                "risk_counts": outcome.risk_counts,
+                "messages": one.messages,
+                **({"population": one.details["population"]} if "population" in one.details else {}),
+            }
+            for (spec, one), outcome in zip(scored, outcomes, strict=True)
+        }
     run_id = store.start_prediction_run(
-        as_of=cut,
-        horizon_days=prediction.horizon_days,
-        model_version=version,
-        details={
-            **scored.details,
-            "rows_loaded": load.rows_loaded,
-            "rows_rejected": load.rows_rejected,
-        },
+        as_of=cut, horizon_days=specs[0].settings.horizon_days, model_version=version[:200], details=details
     )
     try:
-        write = store.write_predictions(run_id, table, settings.attributes)
+        write = store.write_predictions(run_id, table, published_rules(settings.attributes, specs))
     except ChurnsyncError as exc:
         store.finish_prediction_run(run_id, status="failed", summary={"error": str(exc)})
         raise
-    tiers = pc.value_counts(table.column("churn_risk")).to_pylist()
-    risk_counts = {str(t["values"]): int(t["counts"]) for t in tiers}
-    store.finish_prediction_run(
-        run_id,
-        status="succeeded",
-        summary={
-            "customers_scored": write.customers_scored,
-            "customers_new": write.customers_new,
-            "customers_changed": write.customers_changed,
-            "values_changed": write.values_changed,
-            "rows_read": load.rows_read,
-            "rows_rejected": load.rows_rejected,
-            "risk_counts": risk_counts,
-        },
-    )
+    risk_counts = outcomes[0].risk_counts
+    summary: dict[str, Any] = {
+        "customers_scored": write.customers_scored,
+        "customers_new": write.customers_new,
+        "customers_changed": write.customers_changed,
+        "values_changed": write.values_changed,
+        "rows_read": load.rows_read,
+        "rows_rejected": load.rows_rejected,
+        "risk_counts": risk_counts,
+    }
+    if several:
+        summary["predictions"] = {o.name: {"customers_scored": o.customers_scored, "risk_counts": o.risk_counts}
+                                  for o in outcomes}  # fmt: skip
+    store.finish_prediction_run(run_id, status="succeeded", summary=summary)
+    messages = [m if not several else f"{o.name}: {m}" for o, (_, one) in zip(outcomes, scored, strict=True)
+                for m in one.messages]  # fmt: skip
     return RunReport(
         prediction_run_id=run_id,
         as_of=as_of,
@@ -139,15 +196,65 @@ def predict_and_store(
         load=load,
         write=write,
         model_version=version,
-        model_params=scored.model_params,
+        model_params=first.model_params,
         risk_counts=risk_counts,
-        model_messages=scored.messages,
+        model_messages=messages,
+        predictions=outcomes,
     )
+
+
+def _outcome(spec: PredictionSpec, scored: Prediction) -> PredictionOutcome:
+    import pyarrow.compute as pc
+
+    tiers = scored.table.column("churn_risk")
+    counts = pc.value_counts(pc.drop_null(tiers)).to_pylist()
+    return PredictionOutcome(
+        name=spec.name,
+        attribute_suffix=spec.attribute_suffix,
+        model_version=scored.model_version,
+        customers_scored=len(tiers) - tiers.null_count,
+        risk_counts={str(t["values"]): int(t["counts"]) for t in counts},
+        messages=list(scored.messages),
+    )
+
+
+def _published_table(scored: Sequence[tuple[PredictionSpec, Prediction]]) -> pa.Table:
+    """One row per customer with every prediction's attributes under their published (suffixed) names.
+
+    A customer scored by one prediction and not by another (no qualifying event of its kind) has no value for the
+    other's attributes: nulls, which the store treats as no value (a customer's first null is no change).
+    """
+    table: pa.Table | None = None
+    for spec, one in scored:
+        part = one.table.rename_columns(
+            [c if c == "customer_id" else c + spec.attribute_suffix for c in one.table.column_names]
+        )
+        table = part if table is None else table.join(part, keys="customer_id", join_type="full outer")
+    assert table is not None
+    return table
+
+
+def published_rules(attributes: AttributeSettings, specs: Sequence[PredictionSpec]) -> AttributeSettings:
+    """The change rules of every published name: ``churn_probability_session_7d`` follows the rule of
+    ``churn_probability`` (unless it has its own), and its ``unless_changed`` couples to the same prediction's
+    attributes (``churn_risk_session_7d``)."""
+    rules = dict(attributes.rules)
+    for spec in specs:
+        suffix = spec.attribute_suffix
+        if not suffix:
+            continue
+        for name in spec.published():
+            if name in attributes.rules:
+                continue
+            rule = attributes.rule_for(name[: -len(suffix)])
+            rules[name] = rule.model_copy(update={"unless_changed": [c + suffix for c in rule.unless_changed]})
+    return attributes.model_copy(update={"rules": rules})
 
 
 @dataclass
 class TrainReport:
-    """What ``churnsync train`` did: the version saved, whether the quality gate put it in service, and why."""
+    """What ``churnsync train`` did for one prediction: the version saved, whether the quality gate put it in
+    service, and why."""
 
     as_of: date
     cut: datetime
@@ -156,16 +263,23 @@ class TrainReport:
     reason: str
     champion: str
     champion_reason: str
+    prediction: str = DEFAULT_PREDICTION
 
 
 def _events_until(settings: Settings, *, now: datetime, as_of: date | None) -> tuple[Any, date, datetime]:
-    """A DuckDB connection holding the events up to the end of ``as_of`` (default: today), the date and the cut."""
+    """A DuckDB connection holding the events up to the end of ``as_of`` (default: today), the date and the cut.
+
+    With ``engine = "spark"``: the events of a hash sample of ``spark.training_sample_customers`` customers."""
     import duckdb
 
     from churnsync.events.reader import load_events
 
     as_of = as_of or settings.prediction.as_of or now.date()
     cut = cut_for(as_of)
+    if settings.engine == "spark":  # issue 8: the events of a sample of customers, pulled from Spark
+        from churnsync.engines.spark import sample_on_spark
+
+        return sample_on_spark(settings, cut, now=now), as_of, cut
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
@@ -181,39 +295,84 @@ def _events_until(settings: Settings, *, now: datetime, as_of: date | None) -> t
     return con, as_of, cut
 
 
-def train_model(settings: Settings, *, now: datetime | None = None, as_of: date | None = None) -> TrainReport:
-    """Retrain the churn model on the events up to ``as_of``, save it, and put it in service if the gate allows."""
+def train_models(
+    settings: Settings,
+    *,
+    now: datetime | None = None,
+    as_of: date | None = None,
+    predictions: Sequence[str] | None = None,
+) -> list[TrainReport]:
+    """Retrain the churn model of every prediction (or of those named) on the events up to ``as_of``; each is
+    saved under its prediction's name and put in service if that prediction's quality gate allows."""
     from churnsync.models.registry import ModelRegistry
     from churnsync.models.scoring import train_churn_model
 
+    specs = settings.select_predictions(predictions)
     now = now or utcnow()
     con, as_of, cut = _events_until(settings, now=now, as_of=as_of)
+    reports = []
     try:
-        version, published, reason = train_churn_model(con, cut.replace(tzinfo=None), settings, now=now)
+        for spec in specs:
+            scoped = settings.for_prediction(spec)
+            version, published, reason = train_churn_model(
+                con, cut.replace(tzinfo=None), scoped, now=now, prediction=spec.name
+            )
+            meta = ModelRegistry(settings.model.registry_path).load(version).meta
+            reports.append(
+                TrainReport(
+                    as_of=as_of,
+                    cut=cut,
+                    version=version,
+                    published=published,
+                    reason=reason,
+                    champion=str(meta.get("champion")),
+                    champion_reason=str(meta.get("champion_reason")),
+                    prediction=spec.name,
+                )
+            )
     finally:
         con.close()
-    meta = ModelRegistry(settings.model.registry_path).load(version).meta
-    return TrainReport(
-        as_of=as_of,
-        cut=cut,
-        version=version,
-        published=published,
-        reason=reason,
-        champion=str(meta.get("champion")),
-        champion_reason=str(meta.get("champion_reason")),
-    )
+    return reports
 
 
-def evaluate_model(settings: Settings, *, now: datetime | None = None, as_of: date | None = None) -> dict[str, Any]:
-    """The quality report (a backtest over the last horizon before ``as_of``) as a JSON-ready dict."""
+def train_model(
+    settings: Settings, *, now: datetime | None = None, as_of: date | None = None, prediction: str | None = None
+) -> TrainReport:
+    """Retrain one prediction's churn model (default: the first configured) on the events up to ``as_of``, save
+    it, and put it in service if the gate allows."""
+    names = [prediction] if prediction else settings.prediction_names()[:1]
+    return train_models(settings, now=now, as_of=as_of, predictions=names)[0]
+
+
+def evaluate_models(
+    settings: Settings,
+    *,
+    now: datetime | None = None,
+    as_of: date | None = None,
+    predictions: Sequence[str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The quality report of every prediction (or of those named), by prediction name; see :func:`evaluate_model`."""
     from churnsync.models.report import evaluate_backtest
 
+    specs = settings.select_predictions(predictions)
     now = now or utcnow()
     con, as_of, cut = _events_until(settings, now=now, as_of=as_of)
     try:
-        return evaluate_backtest(con, cut, settings, now=now)
+        return {
+            spec.name: evaluate_backtest(con, cut, settings.for_prediction(spec), now=now, prediction=spec.name)
+            for spec in specs
+        }
     finally:
         con.close()
+
+
+def evaluate_model(
+    settings: Settings, *, now: datetime | None = None, as_of: date | None = None, prediction: str | None = None
+) -> dict[str, Any]:
+    """The quality report (a backtest over the last horizon before ``as_of``) of one prediction (default: the
+    first configured) as a JSON-ready dict."""
+    names = [prediction] if prediction else settings.prediction_names()[:1]
+    return next(iter(evaluate_models(settings, now=now, as_of=as_of, predictions=names).values()))
 
 
 #: ``on_progress(step, done, total)``: ``total`` is an estimate (None: unknown); called from the running thread.
@@ -303,8 +462,11 @@ def run_pipeline(
     stop: threading.Event | None = None,
     lock_owner: str = "churnsync run",
     retrain: bool = False,
+    predictions: Sequence[str] | None = None,
 ) -> RunReport:
     """Read → predict → store → sync every configured destination. Raises on the first terminal error.
+
+    ``predictions`` names the predictions to make (default: all); the sync sends every changed attribute.
 
     The whole run holds the store's run lock (:class:`~churnsync.errors.StoreLockedError` when another run
     holds it). Once ``stop`` is set, the batches in flight finish and are recorded, and no further step starts.
@@ -313,6 +475,7 @@ def run_pipeline(
 
     now = now or utcnow()
     say = on_stage or (lambda _stage: None)
+    settings.select_predictions(predictions)  # an unknown --prediction is a configuration error, before any work
     # Missing keys are configuration errors: find them before an hour of scoring, not after.
     keys = {n: (api_keys or {}).get(n) or d.api_key(n) for n, d in settings.destinations.items()} if sync else {}
     store = AttributeStore.open(settings.store.resolved_url())
@@ -320,7 +483,7 @@ def run_pipeline(
         with store.run_lock(lock_owner):
             return _run_locked(
                 settings, store, now=now, as_of=as_of, sync=sync, keys=keys, transport=transport, say=say,
-                on_progress=on_progress, stop=stop, retrain=retrain,
+                on_progress=on_progress, stop=stop, retrain=retrain, predictions=predictions,
             )  # fmt: skip
     finally:
         store.close()
@@ -339,10 +502,11 @@ def _run_locked(
     on_progress: Progress | None,
     stop: threading.Event | None,
     retrain: bool = False,
+    predictions: Sequence[str] | None = None,
 ) -> RunReport:
     """The run itself, inside the run lock."""
     say("predict")
-    report = predict_and_store(settings, store, now=now, as_of=as_of, retrain=retrain)
+    report = predict_and_store(settings, store, now=now, as_of=as_of, retrain=retrain, predictions=predictions)
     expected = report.write.customers_changed
     if sync:
         for name in settings.destinations:

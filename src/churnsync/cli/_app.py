@@ -42,6 +42,14 @@ AsOfOption = Annotated[
     typer.Option("--as-of", formats=["%Y-%m-%d"], help="Score as of this date (UTC): later events are ignored."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+PredictionOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--prediction",
+        help="Only this prediction (a [predictions.<name>] table, or 'default'); repeatable. Default: all.",
+        show_default=False,
+    ),
+]
 
 
 @dataclass

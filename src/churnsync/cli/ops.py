@@ -8,14 +8,25 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from churnsync.cli._app import ConfigOption, JsonOption, app, console, err, load_config, options, print_rows
+from churnsync.cli._app import (
+    ConfigOption,
+    JsonOption,
+    app,
+    console,
+    err,
+    load_config,
+    options,
+    parse_date,
+    print_rows,
+)
+from churnsync.errors import ConfigError
 
 if TYPE_CHECKING:
     from churnsync.config import Settings
@@ -94,12 +105,20 @@ def _render_outcome(outcome: JobOutcome) -> None:
         err.print(f"alert {'sent' if outcome.alerted else 'not sent (no webhook)'}: {outcome.alert}", markup=False)
 
 
-def _one_job(settings: Settings, tick: Tick, stop: threading.Event, metrics: RunMetrics) -> JobOutcome:
+def _one_job(
+    settings: Settings, tick: Tick, stop: threading.Event, metrics: RunMetrics, as_of: date | None = None
+) -> JobOutcome:
     from churnsync.ops.job import run_job
 
     with progress_display() as (on_stage, on_progress):
         outcome = run_job(
-            settings, retrain=tick.retrain, stop=stop, metrics=metrics, on_stage=on_stage, on_progress=on_progress
+            settings,
+            retrain=tick.retrain,
+            stop=stop,
+            metrics=metrics,
+            on_stage=on_stage,
+            on_progress=on_progress,
+            as_of=as_of,
         )
     _render_outcome(outcome)
     return outcome
@@ -123,6 +142,12 @@ def schedule(
         int | None,
         typer.Option("--metrics-port", help="Serve Prometheus /metrics on this port (overrides the config)."),
     ] = None,
+    as_of: Annotated[
+        datetime | None,
+        typer.Option(
+            "--as-of", formats=["%Y-%m-%d"], help="With --once: score as of this date (UTC); later events are ignored."
+        ),
+    ] = None,
 ) -> None:
     """Run the pipeline on the configured cadence (the schedule section) until SIGTERM or Ctrl-C."""
     from churnsync.ops.logs import configure_logging, secrets_of
@@ -130,6 +155,8 @@ def schedule(
     from churnsync.schedule import Scheduler, ScheduleState, Tick, cadence_from_settings, crontab_lines, retrain_due
 
     settings = load_config(config)
+    if as_of is not None and not once:
+        raise ConfigError("--as-of needs --once (a schedule scores as of each run's day)", remedy="Add --once")
     cadence = cadence_from_settings(settings.schedule)
     if print_cron:
         path = config or _config_path()
@@ -152,7 +179,7 @@ def schedule(
         state = ScheduleState.load(state_path)
         now = datetime.now(UTC)
         retrain = retrain_due(state.last_retrain, now, retrain_every)
-        outcome = _one_job(settings, Tick(due=now, retrain=retrain), stop, metrics)
+        outcome = _one_job(settings, Tick(due=now, retrain=retrain), stop, metrics, parse_date(as_of))
         state.last_run = now
         if retrain and outcome.status != "failed":
             state.last_retrain = now

@@ -10,7 +10,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from churnsync.cli._app import AsOfOption, ConfigOption, app, console, err, load_config, options, parse_date
+from churnsync.cli._app import (
+    AsOfOption,
+    ConfigOption,
+    PredictionOption,
+    app,
+    console,
+    err,
+    load_config,
+    options,
+    parse_date,
+)
 from churnsync.config import DEFAULT_CONFIG_NAME, STARTER_CONFIG
 from churnsync.errors import ConfigError
 
@@ -68,11 +78,20 @@ def _render_run(report: RunReport) -> None:
     table.add_row("events used", f"{load.rows_loaded:,}")
     table.add_row("customers scored", f"{report.write.customers_scored:,}")
     table.add_row("new / changed", f"{report.write.customers_new:,} / {report.write.customers_changed:,}")
-    table.add_row("model", report.model_version)
+    several = len(report.predictions) > 1 or any(p.attribute_suffix for p in report.predictions)
+    if not several:
+        table.add_row("model", report.model_version)
     for message in report.model_messages:  # issue 3: training, quality gate, fallback to BG/NBD
         table.add_row("churn model", message)
-    tiers = ", ".join(f"{k} {v:,}" for k, v in sorted(report.risk_counts.items()))
-    table.add_row("churn risk", tiers)
+    if not several:
+        tiers = ", ".join(f"{k} {v:,}" for k, v in sorted(report.risk_counts.items()))
+        table.add_row("churn risk", tiers)
+    for p in report.predictions if several else []:  # issue 3: several predictions side by side
+        tiers = ", ".join(f"{k} {v:,}" for k, v in sorted(p.risk_counts.items()))
+        table.add_row(
+            f"prediction {p.name}",
+            f"model {p.model_version}; {p.customers_scored:,} scored; churn_risk{p.attribute_suffix}: {tiers}",
+        )
     console.print(table)
     for sync in report.syncs:
         c = sync.counts
@@ -95,6 +114,7 @@ def run(
         bool,
         typer.Option("--retrain", help="Train a new churn model first (the quality gate decides whether it serves)."),
     ] = False,
+    prediction: PredictionOption = None,
 ) -> None:
     """Read behaviour, predict, store, and sync the changes to every destination.
 
@@ -127,6 +147,7 @@ def run(
             metrics=metrics,
             owner="churnsync run",
             interactive=True,
+            predictions=prediction,
         )
     if outcome.error is not None:
         raise outcome.error  # one line on stderr and its exit code (churnsync.cli._app.main)

@@ -43,6 +43,7 @@ EVENTS_TABLE = "events"
 #: Why a row can be rejected, in the order the checks apply (a row gets the first reason that fits).
 REJECT_REASONS = (
     "empty_customer_id",
+    "bad_customer_id",
     "bad_timestamp",
     "future_timestamp",
     "empty_event_type",
@@ -50,6 +51,8 @@ REJECT_REASONS = (
     "negative_value",
 )
 
+#: Braze's limit on an external_id, and the store's key length.
+MAX_CUSTOMER_ID_LENGTH = 255
 _STAGE = "_churnsync_events_stage"
 _FILES = "_churnsync_events_files"
 _Format = Literal["csv", "parquet"]
@@ -102,6 +105,8 @@ def load_events(
     mean midnight UTC. ``customer_id`` is trimmed; ``event_type`` trimmed and lower-cased.
 
     A row is rejected, with the first reason that applies, when: the customer id is empty (``empty_customer_id``);
+    it is longer than 255 characters or holds a NUL byte (``bad_customer_id``: no Braze external_id or store
+    key can hold it);
     the timestamp is missing or unparsable (``bad_timestamp``); it is after ``now`` (``future_timestamp``); the event
     type is empty (``empty_event_type``); the value is present but not a finite number (``bad_value``); the value
     is negative (``negative_value``). A missing value is allowed (NULL).
@@ -344,6 +349,8 @@ def _stage_file(
     reason = f"""
         CASE
             WHEN customer_id IS NULL THEN 'empty_customer_id'
+            WHEN length(customer_id) > {MAX_CUSTOMER_ID_LENGTH} OR contains(customer_id, chr(0))
+                THEN 'bad_customer_id'
             WHEN occurred_at IS NULL THEN 'bad_timestamp'
             WHEN occurred_at > {_ts_lit(now)} THEN 'future_timestamp'
             WHEN event_type IS NULL THEN 'empty_event_type'

@@ -42,7 +42,7 @@ import numpy as np
 
 from churnsync.errors import DataError
 
-__all__ = ["RFMFrame", "build_rfm"]
+__all__ = ["RFMFrame", "build_rfm", "rfm_query"]
 
 _SECONDS_PER_DAY = 86400
 
@@ -129,17 +129,11 @@ def _last_observed_day(cut: datetime) -> int:
     return math.ceil(seconds / _SECONDS_PER_DAY) - 1
 
 
-def build_rfm(
-    con: duckdb.DuckDBPyConnection,
-    cut: datetime,
-    qualifying_events: Sequence[str],
-    *,
-    time_unit_days: float = 1.0,
-) -> RFMFrame:
-    """Summarise the ``events`` table of ``con`` into RFM features from events strictly before ``cut``.
+def rfm_query(cut: datetime, qualifying_events: Sequence[str], *, time_unit_days: float = 1.0) -> tuple[str, list[Any]]:
+    """The RFM query over a table ``events`` in DuckDB's dialect (``?`` placeholders) and its parameters.
 
-    Only customers with at least one event whose ``event_type`` is in ``qualifying_events`` before ``cut``
-    appear. A time-zone-aware ``cut`` is converted to UTC. See the module docstring for the definitions.
+    The one definition of these features: :func:`build_rfm` runs it on DuckDB, and the Spark engine
+    (:mod:`churnsync.engines.spark`) transpiles the same text to Spark SQL.
     """
     if isinstance(qualifying_events, str):
         qualifying_events = [qualifying_events]
@@ -158,6 +152,23 @@ def build_rfm(
     last_day = _last_observed_day(naive_cut)
     sql = _RFM_SQL.format(types=", ".join("?" for _ in types))
     params: list[Any] = [naive_cut, *types, time_unit_days, last_day, time_unit_days]
+    return sql, params
+
+
+def build_rfm(
+    con: duckdb.DuckDBPyConnection,
+    cut: datetime,
+    qualifying_events: Sequence[str],
+    *,
+    time_unit_days: float = 1.0,
+) -> RFMFrame:
+    """Summarise the ``events`` table of ``con`` into RFM features from events strictly before ``cut``.
+
+    Only customers with at least one event whose ``event_type`` is in ``qualifying_events`` before ``cut``
+    appear. A time-zone-aware ``cut`` is converted to UTC. See the module docstring for the definitions.
+    """
+    sql, params = rfm_query(cut, qualifying_events, time_unit_days=time_unit_days)
+    naive_cut = _naive_utc(cut)
     try:
         table = con.sql(sql, params=params).to_arrow_table()
     except duckdb.CatalogException as exc:

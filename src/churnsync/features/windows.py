@@ -5,7 +5,9 @@ Per customer with at least one qualifying event strictly before ``cut`` (the sam
 
 - recency: ``days_since_last_{q}`` (qualifying) and ``days_since_last_event`` (any type), in days;
 - frequency: ``{q}_days`` (distinct days with a qualifying event), and ``{q}_days_{w}d`` for every window w;
-- counts per event type in the windows: ``{type}_events_{w}d`` (``[cut - w days, cut)``);
+- counts per event type in the windows: ``{type}_events_{w}d`` (``[cut - w days, cut)``); per type, its lifetime
+  daily rate ``{type}_events_per_day`` (events / days since the customer's first event, at least 1) and, for the
+  types that do not qualify, the days since its last event ``days_since_last_{type}`` (NaN if it never occurred);
 - trends: ``{q}_trend_{a}_{b}d`` = daily rate over the last ``a`` days minus the daily rate over the
   ``b - a`` days before them (positive = speeding up), for consecutive windows;
 - inter-event times between qualifying days: ``{q}_gap_mean_days``, ``{q}_gap_std_days``,
@@ -47,7 +49,14 @@ import numpy as np
 
 from churnsync.errors import DataError
 
-__all__ = ["DEFAULT_WINDOWS", "FeatureFrame", "build_window_features", "discover_event_types", "feature_label"]
+__all__ = [
+    "DEFAULT_WINDOWS",
+    "FeatureFrame",
+    "build_window_features",
+    "discover_event_types",
+    "feature_label",
+    "window_features_query",
+]
 
 DEFAULT_WINDOWS: tuple[int, ...] = (7, 30, 90, 180)
 _NAME = re.compile(r"[^a-z0-9_]+")
@@ -110,7 +119,9 @@ def _as_double(select_item: str) -> str:
     return f"CAST({expr} AS DOUBLE) AS {name}"
 
 
-def _sql(q: str, event_types: Sequence[str], windows: Sequence[int], n_qual: int) -> tuple[str, list[str]]:
+def _sql(
+    q: str, event_types: Sequence[str], windows: Sequence[int], n_qual: int, qualifying: Sequence[str] = ()
+) -> tuple[str, list[str]]:
     """The query text (placeholders only) and the output feature names, in order."""
     names: list[str] = []
     type_cols: list[str] = []
@@ -118,6 +129,18 @@ def _sql(q: str, event_types: Sequence[str], windows: Sequence[int], n_qual: int
         for w in windows:
             type_cols.append(f"count_if(event_type = ? AND age_s < {w} * 86400.0) AS {feature_label(t)}_events_{w}d")
             names.append(f"{feature_label(t)}_events_{w}d")
+        # Lifetime rate and (for the other types) recency per type: activity other than the qualifying events
+        # can reveal a lapse, e.g. sessions that stop while email opens go on.
+        type_cols.append(
+            f"count_if(event_type = ?) / greatest(max(age_s) / 86400.0, 1.0) AS {feature_label(t)}_events_per_day"
+        )
+        names.append(f"{feature_label(t)}_events_per_day")
+        if t not in qualifying:
+            type_cols.append(
+                f"coalesce(min(CASE WHEN event_type = ? THEN age_s END) / 86400.0, CAST('NaN' AS DOUBLE)) "
+                f"AS days_since_last_{feature_label(t)}"
+            )
+            names.append(f"days_since_last_{feature_label(t)}")
     window_cols = [f"count_if(age_s < {w} * 86400.0) AS {q}_days_{w}d" for w in windows]
     longest = max(windows)
     out = [
@@ -204,18 +227,18 @@ ORDER BY q.customer_id
     return sql, feat
 
 
-def build_window_features(
-    con: duckdb.DuckDBPyConnection,
+def window_features_query(
     cut: datetime,
     qualifying_events: Sequence[str],
     *,
     event_types: Sequence[str],
     windows: Sequence[int] = DEFAULT_WINDOWS,
-) -> FeatureFrame:
-    """Compute the features of the module docstring from the ``events`` table of ``con`` at ``cut``.
+) -> tuple[str, list[Any], list[str]]:
+    """The features query over a table ``events`` in DuckDB's dialect (``?`` placeholders), its parameters and
+    the output feature names in order.
 
-    ``event_types`` are the types given per-type window counts (e.g. from :func:`discover_event_types` at
-    training time, then stored with the model so scoring builds the same columns).
+    The one definition of these features: :func:`build_window_features` runs it on DuckDB, and the Spark engine
+    (:mod:`churnsync.engines.spark`) transpiles the same text to Spark SQL.
     """
     quals = sorted(
         {str(t).lower() for t in ([qualifying_events] if isinstance(qualifying_events, str) else qualifying_events)}
@@ -235,10 +258,27 @@ def build_window_features(
             remedy="Rename the event types so that they differ in letters or digits",
         )
     q = feature_label(quals[0]) if len(quals) == 1 else "qualifying"
-    sql, names = _sql(q, types, wins, len(quals))
+    sql, names = _sql(q, types, wins, len(quals), quals)
     params: list[Any] = [_epoch(cut), *quals, _naive_utc(cut)]
     for t in types:
-        params.extend([t] * len(wins))
+        params.extend([t] * (len(wins) + (1 if t in quals else 2)))
+    return sql, params, names
+
+
+def build_window_features(
+    con: duckdb.DuckDBPyConnection,
+    cut: datetime,
+    qualifying_events: Sequence[str],
+    *,
+    event_types: Sequence[str],
+    windows: Sequence[int] = DEFAULT_WINDOWS,
+) -> FeatureFrame:
+    """Compute the features of the module docstring from the ``events`` table of ``con`` at ``cut``.
+
+    ``event_types`` are the types given per-type window counts (e.g. from :func:`discover_event_types` at
+    training time, then stored with the model so scoring builds the same columns).
+    """
+    sql, params, names = window_features_query(cut, qualifying_events, event_types=event_types, windows=windows)
     try:
         table = con.sql(sql, params=params).to_arrow_table()
     except (duckdb.CatalogException, duckdb.BinderException) as exc:

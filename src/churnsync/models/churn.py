@@ -8,8 +8,10 @@ Protocol (../shared/spec/models.md, "no leakage"):
   ``[c_k, c_k + L)``", so every label window ends on or before the scoring cut (:func:`label_churn` refuses one
   that crosses it).
 - Validation (champion choice, reported figures): candidates trained on ``c_2 .. c_{K−1}``, calibrated on
-  ``c_1``, measured on ``c_0``, the most recent fully labelled window. The champion has the lowest validation
-  log-loss (a proper score: it rewards ranking and calibration together); the reason is recorded.
+  ``c_1``, measured on ``c_0``, the most recent fully labelled window. Candidates are compared by validation
+  log-loss (a proper score: it rewards ranking and calibration together); the champion is the simplest one within
+  one standard error of the lowest (:func:`choose_champion`), so that a lead within the noise of one window does
+  not buy a more complex model; the reason is recorded.
 - Final model: trained on ``c_1 .. c_{K−1}``, calibrated on ``c_0`` (Platt scaling on the logit of the raw
   score). A logistic calibration with an intercept reproduces the observed churn rate of ``c_0`` exactly:
   the level is anchored to the most recent fully labelled window. When the label window is shorter than
@@ -36,11 +38,27 @@ import numpy as np
 
 from churnsync.errors import DataError, ModelError, NotFittedError
 from churnsync.features.rfm import RFMFrame, build_rfm
-from churnsync.features.windows import DEFAULT_WINDOWS, build_window_features, discover_event_types, feature_label
+from churnsync.features.windows import (
+    DEFAULT_WINDOWS,
+    FeatureFrame,
+    build_window_features,
+    discover_event_types,
+    feature_label,
+)
 from churnsync.models.bgnbd import BetaGeoModel
 from churnsync.models.evaluation import calibration_curve, churn_metrics, gains_by_decile
 
-__all__ = ["CANDIDATES", "ChurnModel", "ChurnScores", "CutFrame", "build_cut_frame", "label_churn"]
+__all__ = [
+    "CANDIDATES",
+    "SIMPLICITY",
+    "ChurnModel",
+    "ChurnScores",
+    "CutFrame",
+    "assemble_cut_frame",
+    "build_cut_frame",
+    "choose_champion",
+    "label_churn",
+]
 
 CANDIDATES = ("gbm", "logistic", "bgnbd")
 BTYD_UNIT_DAYS = 7.0
@@ -129,6 +147,12 @@ def build_cut_frame(
     if len(rfm) != len(feats) or not np.array_equal(rfm.customer_id, feats.customer_id):
         raise ModelError("churn features: RFM and window features disagree on the customers", remedy="Report this")
     btyd = BetaGeoModel(time_unit_days=BTYD_UNIT_DAYS).fit(rfm.frequency, rfm.recency, rfm.T)
+    return assemble_cut_frame(feats, rfm, btyd, label_days=label_days)
+
+
+def assemble_cut_frame(feats: FeatureFrame, rfm: RFMFrame, btyd: BetaGeoModel, *, label_days: int) -> CutFrame:
+    """The :class:`CutFrame` of aligned window features and RFM rows, with the outputs of an already fitted
+    BG/NBD ``btyd`` (the Spark engine fits it once on the whole base and scores partition by partition)."""
     t = label_days / BTYD_UNIT_DAYS
     extra = np.column_stack(
         [
@@ -144,6 +168,39 @@ def build_cut_frame(
         rfm=rfm,
         btyd=btyd,
     )
+
+
+# Candidates from the simplest to the most complex, by the number of parameters fitted to the churn labels: BG/NBD's
+# score is fixed by the purchase model and only its Platt calibration (2) learns from labels; the logistic
+# challenger fits 5 more; the GBM hundreds of leaves. Fixed a priori (not chosen on any data).
+SIMPLICITY = ("bgnbd", "logistic", "gbm")
+
+
+def choose_champion(y: np.ndarray, predictions: dict[str, np.ndarray]) -> tuple[str, dict[str, dict[str, float]]]:
+    """The one-standard-error rule (Breiman et al. 1984) on per-customer validation log-loss.
+
+    The best candidate has the lowest mean log-loss; every other candidate's ``gap`` to it has a standard error
+    ``se`` = std of the paired per-customer differences / √n. The champion is the simplest candidate (order
+    :data:`SIMPLICITY`) whose gap is at most one standard error: a lead within the noise of the validation window
+    does not justify a more complex model. Returns the champion and, per candidate, ``log_loss``, ``gap``, ``se``.
+    """
+    yy = np.asarray(y, dtype=np.float64)
+    losses: dict[str, np.ndarray] = {}
+    for name, p in predictions.items():
+        q = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1.0 - 1e-12)
+        losses[name] = -(yy * np.log(q) + (1.0 - yy) * np.log1p(-q))
+    if not losses:
+        raise ModelError("churn model: no candidate to choose from", remedy="Configure at least one candidate")
+    order = [n for n in SIMPLICITY if n in losses] + [n for n in losses if n not in SIMPLICITY]
+    best = min(order, key=lambda n: (float(np.mean(losses[n])), order.index(n)))
+    n = max(yy.size, 1)
+    selection: dict[str, dict[str, float]] = {}
+    for name in order:
+        diff = losses[name] - losses[best]
+        se = float(np.std(diff, ddof=1) / math.sqrt(n)) if diff.size > 1 else 0.0
+        selection[name] = {"log_loss": float(np.mean(losses[name])), "gap": float(np.mean(diff)), "se": se}
+    champion = next(name for name in order if selection[name]["gap"] <= selection[name]["se"])
+    return champion, selection
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -268,7 +325,7 @@ class ChurnModel:
             )
         self.state_: dict[str, Any] | None = None
         self._booster: Any = None
-        self._path_table: tuple[np.ndarray, np.ndarray] | None = None
+        self._path_table: tuple[np.ndarray, np.ndarray, float] | None = None
 
     # -- helpers -----------------------------------------------------------------------------------------
     @property
@@ -430,22 +487,33 @@ class ChurnModel:
         assert newest.labels is not None
         validation: dict[str, dict[str, float]] = {}
         curves: dict[str, dict[str, dict[str, list[float]]]] = {}
+        predictions: dict[str, np.ndarray] = {}
         for name in self.candidates:
             a, b = platt[name]
             p = _sigmoid(a * self._raw_logit(name, newest, booster, logistic) + b)
+            predictions[name] = p
             validation[name] = churn_metrics(newest.labels, p)
             curves[name] = {
                 "calibration": calibration_curve(newest.labels, p),
                 "gains": gains_by_decile(newest.labels, p),
             }
-        champion = min(self.candidates, key=lambda n: (validation[n]["log_loss"], CANDIDATES.index(n)))
+        champion, selection = choose_champion(newest.labels, predictions)
+        best = min(selection, key=lambda n: (selection[n]["log_loss"], CANDIDATES.index(n)))
         others = ", ".join(
             f"{n} {validation[n]['log_loss']:.4f} (AUC {validation[n]['auc']:.3f})"
             for n in self.candidates
             if n != champion
         )
+        if champion == best:
+            why = f"lowest validation log-loss {validation[champion]['log_loss']:.4f}"
+        else:
+            why = (
+                f"simplest candidate within one standard error of the lowest validation log-loss "
+                f"({best} {validation[best]['log_loss']:.4f}; {champion} {validation[champion]['log_loss']:.4f}, "
+                f"{selection[champion]['gap']:.4f} above it, standard error {selection[champion]['se']:.4f})"
+            )
         reason = (
-            f"{champion}: lowest validation log-loss {validation[champion]['log_loss']:.4f} "
+            f"{champion}: {why} "
             f"(AUC {validation[champion]['auc']:.3f}, lift quality {validation[champion]['lift_quality']:.1%}) "
             f"on the window starting {cuts[0]:%Y-%m-%d}" + (f"; others: {others}" if others else "")
         )
@@ -457,6 +525,7 @@ class ChurnModel:
             "champion": champion,
             "reason": reason,
             "validation": validation,
+            "selection": selection,
             "validation_curves": curves,
             "platt": {k: list(v) for k, v in platt.items()},
             "logistic": logistic,
@@ -539,47 +608,72 @@ class ChurnModel:
 
     def predict(self, con: duckdb.DuckDBPyConnection, cut: datetime, *, all_candidates: bool = False) -> ChurnScores:
         """Calibrated P(no qualifying event in the next ``horizon_days`` days) for every customer at ``cut``."""
+        frame = self._frame(con, cut, self._state()["event_types"])
+        return self.predict_frame(frame, all_candidates=all_candidates)
+
+    def predict_frame(
+        self, frame: CutFrame, *, all_candidates: bool = False, level_target: float | None = None
+    ) -> ChurnScores:
+        """:meth:`predict` on features already built. ``level_target``: the mean BG/NBD P(no purchase) of the
+        whole scored base when ``frame`` holds only part of it (a Spark partition); None computes it on ``frame``.
+        """
         state = self._state()
-        frame = self._frame(con, cut, state["event_types"])
         if list(frame.names) != list(state["feature_names"]):
             raise ModelError(
                 "churn model: the features at scoring time differ from those the model was trained on",
                 remedy="Retrain with `churnsync train`",
             )
         names = [state["champion"], *([c for c in self.candidates if c != state["champion"]] if all_candidates else [])]
+        drivers, gbm_raw = self._drivers_and_raw(frame)
         out: dict[str, np.ndarray] = {}
         for name in names:
             a, b = state["platt"][name]
-            z = a * self._raw_logit(name, frame, self._booster, state["logistic"]) + b
+            raw = gbm_raw if name == "gbm" and gbm_raw is not None else None
+            if raw is None:
+                raw = self._raw_logit(name, frame, self._booster, state["logistic"])
+            z = a * raw + b
             if state["level_anchor"] == "btyd_aggregate":
-                t = self.horizon_days / BTYD_UNIT_DAYS
-                r = frame.rfm
-                target = float(np.mean(frame.btyd.prob_no_purchase(t, r.frequency, r.recency, r.T)))
+                target = level_target if level_target is not None else self.level_target(frame.rfm, frame.btyd)
                 z = z + _shift_to_mean(z, target)
             out[name] = np.clip(_sigmoid(z), 0.0, 1.0)
         return ChurnScores(
             customer_id=frame.customer_id,
             churn_probability=out[state["champion"]],
-            churn_driver=self.drivers(frame),
+            churn_driver=drivers,
             frame=frame,
             candidates=out,
         )
 
+    def level_target(self, rfm: RFMFrame, btyd: BetaGeoModel, weights: np.ndarray | None = None) -> float:
+        """The mean BG/NBD P(no qualifying event in ``horizon_days``) over ``rfm``'s rows (weighted by ``weights``,
+        e.g. the count of customers of each distinct row): the level a ``btyd_aggregate`` anchor shifts to."""
+        t = self.horizon_days / BTYD_UNIT_DAYS
+        p = btyd.prob_no_purchase(t, rfm.frequency, rfm.recency, rfm.T)
+        return float(np.mean(p) if weights is None else np.average(p, weights=weights))
+
     def drivers(self, frame: CutFrame) -> np.ndarray:
         """Per customer, the feature with the largest positive LightGBM contribution to churn, in marketer words
         (``none`` when no feature raises the score, or without a GBM)."""
+        return self._drivers_and_raw(frame)[0]
+
+    def _drivers_and_raw(self, frame: CutFrame) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`drivers`, and with path attribution also the GBM's raw score, from the same pass over the trees
+        (raw = the roots' values + the row's contributions): scoring then reads every tree once, not twice."""
         n = len(frame.customer_id)
         if self._booster is None:
-            return np.full(n, "none", dtype=object)
+            return np.full(n, "none", dtype=object), None
         best = np.empty(n, dtype=np.int64)
+        raw = None if self.exact_drivers else np.empty(n, dtype=np.float64)
         # In blocks of rows: the leaf indices and contributions of a million customers at once would take GiBs.
         for start in range(0, n, _DRIVER_BLOCK):
             contrib = self.contributions(frame.X[start : start + _DRIVER_BLOCK])
             top = np.argmax(contrib, axis=1)
             top[contrib[np.arange(contrib.shape[0]), top] <= 0.0] = len(frame.names)
             best[start : start + _DRIVER_BLOCK] = top
+            if raw is not None and self._path_table is not None:
+                raw[start : start + _DRIVER_BLOCK] = contrib.sum(axis=1) + self._path_table[2]
         words = np.array([_DRIVER_WORDS.get(f, f) for f in frame.names] + ["none"], dtype=object)
-        return np.asarray(words[best])
+        return np.asarray(words[best]), raw
 
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """Per-row, per-feature contributions to the GBM's raw (log-odds) churn score.
@@ -596,8 +690,9 @@ class ChurnModel:
         from scipy import sparse
 
         if self._path_table is None:
-            self._path_table = _path_tables(self._booster.dump_model(), X.shape[1])
-        table, offsets = self._path_table
+            dump = self._booster.dump_model()
+            self._path_table = (*_path_tables(dump, X.shape[1]), _root_total(dump))
+        table, offsets, _ = self._path_table
         leaves = np.asarray(self._booster.predict(X, pred_leaf=True, num_threads=self.num_threads), dtype=np.int32)
         n, trees = leaves.shape
         cols = (leaves + offsets[None, :trees].astype(np.int32)).ravel()
@@ -660,6 +755,17 @@ def _customer_sample(con: duckdb.DuckDBPyConnection, share: float, *, before: da
         else:
             con.execute("RESET search_path")
         con.execute(f"DROP SCHEMA {_SAMPLE_SCHEMA} CASCADE")
+
+
+def _root_total(dump: dict[str, Any]) -> float:
+    """The sum over trees of the root's value: the raw score of a row whose path contributions are all zero."""
+    total = 0.0
+    for info in dump["tree_info"]:
+        root = info["tree_structure"]
+        total += float(
+            root["leaf_value"] if "leaf_index" in root or "split_feature" not in root else root["internal_value"]
+        )
+    return total
 
 
 def _path_tables(dump: dict[str, Any], n_features: int) -> tuple[np.ndarray, np.ndarray]:

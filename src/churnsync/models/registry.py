@@ -4,11 +4,18 @@ pointer to the model in service; and the quality gate that decides whether a new
 Layout::
 
     <model.registry_path>/
-        service.json                    {"version": ..., "since": ...}: the model that scores
-        churn-20260101T060000-1a2b3c4d/
-            model.json                  metadata (features, training window, metrics, validation curves,
-                                        library versions, gate decision) and the artifact (LightGBM as text,
-                                        numbers as JSON)
+        service.json                    {"predictions": {name: {"version": ..., "since": ...}}}: the model
+                                        that scores each prediction
+        churn-20260101T060000-1a2b3c4d/ a model of the single [prediction] (named "default")
+            model.json                  metadata (prediction name, features, training window, metrics,
+                                        validation curves, library versions, gate decision) and the artifact
+                                        (LightGBM as text, numbers as JSON)
+        churn-session_7d-20260101T060000-5e6f7a8b/
+            model.json                  a model of [predictions.session_7d]
+
+Models are keyed by prediction name (``prediction_name`` in their metadata). A registry written before there were
+several predictions (a ``service.json`` of ``{"version": ..., "since": ...}``, models without
+``prediction_name``) reads as the models of the default prediction.
 
 Artifacts are JSON, never pickles, so loading one runs no code. Loading refuses an artifact written with
 another registry format or LightGBM major version, with a message that says to retrain.
@@ -26,19 +33,27 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from churnsync.config import DEFAULT_PREDICTION  # a model saved before several predictions belongs to this one
 from churnsync.errors import ModelError
 
 __all__ = [
+    "DEFAULT_PREDICTION",
     "REGISTRY_FORMAT",
     "GateDecision",
     "ModelRecord",
     "ModelRegistry",
     "gate",
     "library_versions",
+    "prediction_of",
 ]
 
 REGISTRY_FORMAT = 1
 _SERVICE = "service.json"
+
+
+def prediction_of(meta: dict[str, Any]) -> str:
+    """The name of the prediction a saved model belongs to."""
+    return str(meta.get("prediction_name") or DEFAULT_PREDICTION)
 
 
 def library_versions() -> dict[str, str]:
@@ -139,13 +154,16 @@ class ModelRegistry:
         """Write a new version and return its id (the in-service pointer is not touched: see :meth:`promote`)."""
         created = (now or datetime.now(UTC)).astimezone(UTC)
         body = json.dumps(artifact, sort_keys=True)
-        version = f"churn-{created:%Y%m%dT%H%M%S}-{hashlib.sha256(body.encode()).hexdigest()[:8]}"
+        name = prediction_of(meta)
+        named = "" if name == DEFAULT_PREDICTION else f"{name}-"
+        version = f"churn-{named}{created:%Y%m%dT%H%M%S}-{hashlib.sha256(body.encode()).hexdigest()[:8]}"
         record = {
             "registry_format": REGISTRY_FORMAT,
             "version": version,
             "created_at": created.isoformat(),
             "libraries": library_versions(),
             **meta,
+            "prediction_name": name,
             "artifact": artifact,
         }
         folder = self._dir(version)
@@ -170,31 +188,43 @@ class ModelRegistry:
         os.replace(tmp, file)
 
     def promote(self, version: str, *, now: datetime | None = None) -> None:
-        """Make ``version`` the model in service."""
-        self.load(version)
-        pointer = {"version": version, "since": (now or datetime.now(UTC)).astimezone(UTC).isoformat()}
+        """Make ``version`` the model in service for its prediction (the other predictions' models stay)."""
+        name = prediction_of(self.load(version).meta)
+        pointers = self._pointers()
+        pointers[name] = {"version": version, "since": (now or datetime.now(UTC)).astimezone(UTC).isoformat()}
         tmp = self.path / (_SERVICE + ".tmp")
-        tmp.write_text(json.dumps(pointer), encoding="utf-8")
+        tmp.write_text(json.dumps({"predictions": pointers}, sort_keys=True), encoding="utf-8")
         os.replace(tmp, self.path / _SERVICE)
 
-    def in_service(self) -> str | None:
-        """The version that scores, or None."""
+    def _pointers(self) -> dict[str, dict[str, str]]:
+        """The in-service pointer of every prediction; the one-model format of older registries is the default's."""
         file = self.path / _SERVICE
         if not file.exists():
-            return None
+            return {}
         try:
-            return str(json.loads(file.read_text(encoding="utf-8"))["version"])
-        except (OSError, ValueError, KeyError) as exc:
+            data = json.loads(file.read_text(encoding="utf-8"))
+            if "predictions" in data:
+                return {str(k): {"version": str(v["version"]), **v} for k, v in data["predictions"].items()}
+            return {DEFAULT_PREDICTION: {"version": str(data["version"]), "since": str(data.get("since", ""))}}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ModelError(
                 f"model registry: {file} is unreadable ({exc})",
                 remedy="Delete it and promote a model with `churnsync train`",
             ) from None
 
-    def versions(self) -> list[dict[str, Any]]:
-        """Metadata of every saved version (artifact left out), newest first."""
+    def in_service(self, prediction: str = DEFAULT_PREDICTION) -> str | None:
+        """The version that scores ``prediction``, or None."""
+        pointer = self._pointers().get(prediction)
+        return pointer["version"] if pointer else None
+
+    def versions(self, prediction: str | None = None) -> list[dict[str, Any]]:
+        """Metadata of every saved version (artifact left out; of one prediction when given), newest first.
+
+        Each row carries ``prediction_name`` and ``in_service`` (whether it scores its prediction now).
+        """
         if not self.path.is_dir():
             return []
-        service = self.in_service()
+        service = {p["version"] for p in self._pointers().values()}
         out = []
         for file in sorted(self.path.glob("*/model.json"), reverse=True):
             try:
@@ -202,7 +232,10 @@ class ModelRegistry:
             except (OSError, ValueError):
                 continue
             record.pop("artifact", None)
-            record["in_service"] = record.get("version") == service
+            record["prediction_name"] = prediction_of(record)
+            if prediction is not None and record["prediction_name"] != prediction:
+                continue
+            record["in_service"] = record.get("version") in service
             out.append(record)
         out.sort(key=lambda r: str(r.get("created_at", "")), reverse=True)
         return out
@@ -235,6 +268,7 @@ class ModelRegistry:
                 remedy="Retrain with `churnsync train`, or install LightGBM " + _major(saved) + ".x",
             )
         artifact = record.pop("artifact", None)
+        record["prediction_name"] = prediction_of(record)
         if not isinstance(artifact, dict):
             raise ModelError(f"model registry: {version} has no artifact", remedy="Retrain with `churnsync train`")
         return ModelRecord(version=version, meta=record, artifact=artifact)

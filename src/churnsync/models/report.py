@@ -64,10 +64,16 @@ def _count_window(
 
 
 def evaluate_backtest(
-    con: duckdb.DuckDBPyConnection, scoring_cut: datetime, settings: Settings, *, now: datetime | None = None
+    con: duckdb.DuckDBPyConnection,
+    scoring_cut: datetime,
+    settings: Settings,
+    *,
+    now: datetime | None = None,
+    prediction: str = "default",
 ) -> dict[str, Any]:
     """Train at ``scoring_cut − horizon`` on earlier events, score, and measure against the window up to
-    ``scoring_cut``; returns the report as a JSON-ready dict."""
+    ``scoring_cut``; returns the report as a JSON-ready dict. ``prediction`` names the prediction whose model
+    in service the report compares with (``settings.prediction`` is its definition)."""
     from churnsync.models.churn import label_churn
     from churnsync.models.registry import ModelRegistry
     from churnsync.models.scoring import new_churn_model
@@ -151,13 +157,14 @@ def evaluate_backtest(
     except (DataError, Exception) as exc:  # the spend model needs repeat buyers with values
         value = {"error": str(exc)}
     registry = ModelRegistry(ms.registry_path)
-    service = registry.in_service()
+    service = registry.in_service(prediction)
     previous = None
     if service is not None:
         record = registry.load(service)
         previous = {"version": service, "champion": record.meta.get("champion"), "validation": record.validation}
     report = {
         "generated_at": (now or datetime.now(UTC)).isoformat(),
+        "prediction": prediction,
         "definition": {"horizon_days": horizon, "qualifying_events": quals},
         "evaluation_cut": eval_cut.isoformat(),
         "outcome_window_end": cut.isoformat(),

@@ -12,14 +12,14 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
-from churnsync.config import PredictionSettings, SegmentRule
+from churnsync.config import DEFAULT_PREDICTION, PredictionSettings, SegmentRule
 from churnsync.errors import DataError, ModelError, NotFittedError
 from churnsync.features.rfm import RFMFrame, build_rfm
 from churnsync.models.bgnbd import BetaGeoModel
@@ -35,6 +35,7 @@ __all__ = [
     "expected_purchases_column",
     "fit_and_score",
     "model_version",
+    "population_mask",
     "predict_attributes",
     "score_customers",
     "train_churn_model",
@@ -253,9 +254,15 @@ def new_churn_model(settings: Settings, qualifying_events: Sequence[str]) -> Chu
 
 
 def train_churn_model(
-    con: duckdb.DuckDBPyConnection, cut: datetime, settings: Settings, *, now: datetime | None = None
+    con: duckdb.DuckDBPyConnection,
+    cut: datetime,
+    settings: Settings,
+    *,
+    now: datetime | None = None,
+    prediction: str = DEFAULT_PREDICTION,
 ) -> tuple[str, bool, str]:
-    """Train a churn model at ``cut``, save it in the registry, and promote it when the quality gate allows.
+    """Train a churn model at ``cut`` for ``settings.prediction`` (named ``prediction`` in the registry), save it,
+    and promote it when the quality gate allows (compared with that prediction's model in service).
 
     Returns (version, published, reason).
     """
@@ -264,7 +271,7 @@ def train_churn_model(
     ms = settings.model
     model = new_churn_model(settings, settings.prediction.qualifying_events).fit(con, cut, fit_time=now)
     registry = ModelRegistry(ms.registry_path)
-    current = registry.in_service()
+    current = registry.in_service(prediction)
     served = registry.load(current).validation if current else None
     validation = model.validation_
     decision = gate(
@@ -279,6 +286,7 @@ def train_churn_model(
         model.to_dict(),
         {
             "kind": "churn",
+            "prediction_name": prediction,
             "prediction": {
                 "horizon_days": model.horizon_days,
                 "qualifying_events": model.qualifying_events,
@@ -301,25 +309,62 @@ def train_churn_model(
     return version, decision.publish, decision.reason
 
 
-def _service_model(settings: Settings) -> tuple[str, ChurnModel] | None:
+def _service_model(settings: Settings, prediction: str = DEFAULT_PREDICTION) -> tuple[str, ChurnModel] | None:
     from churnsync.models.churn import ChurnModel
     from churnsync.models.registry import ModelRegistry
 
     registry = ModelRegistry(settings.model.registry_path)
-    version = registry.in_service()
+    version = registry.in_service(prediction)
     if version is None:
         return None
     record = registry.load(version)
     model = ChurnModel.from_dict(record.artifact)
     wanted = (settings.prediction.horizon_days, sorted({q.lower() for q in settings.prediction.qualifying_events}))
     if (model.horizon_days, model.qualifying_events) != wanted:
+        which = "" if prediction == DEFAULT_PREDICTION else f" of prediction '{prediction}'"
+        option = "" if prediction == DEFAULT_PREDICTION else f" --prediction {prediction}"
         raise ModelError(
-            f"model {version} in service predicts {model.horizon_days}-day churn of "
+            f"model {version} in service{which} predicts {model.horizon_days}-day churn of "
             f"{', '.join(model.qualifying_events)} but the configuration asks for "
             f"{wanted[0]}-day churn of {', '.join(wanted[1])}",
-            remedy="Train a model for the new definition with `churnsync train`",
+            remedy=f"Train a model for the new definition with `churnsync train{option}`",
         )
     return version, model
+
+
+def population_mask(
+    con: duckdb.DuckDBPyConnection, cut: datetime, customer_id: pa.Array | pa.ChunkedArray, settings: PredictionSettings
+) -> np.ndarray | None:
+    """Which of ``customer_id`` are in the scored population at ``cut``: an event (of ``active_events``, any type
+    when empty) in the ``active_within_days`` days before ``cut``. None when the prediction scores everyone."""
+    import pyarrow.compute as pc
+
+    if settings.active_within_days is None:
+        return None
+    end = cut.astimezone(UTC).replace(tzinfo=None) if cut.tzinfo else cut
+    start = end - timedelta(days=settings.active_within_days)
+    query = "SELECT DISTINCT customer_id FROM events WHERE occurred_at >= ? AND occurred_at < ?"
+    params: list[Any] = [start, end]
+    types = sorted({t.strip().lower() for t in settings.active_events})
+    if types:
+        query += f" AND event_type IN ({', '.join('?' for _ in types)})"
+        params += types
+    active = con.sql(query, params=params).to_arrow_table().column("customer_id")
+    mask = pc.is_in(customer_id, value_set=active.combine_chunks().cast(pa.string()))
+    return np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _keep_population(table: pa.Table, mask: np.ndarray) -> pa.Table:
+    """``table`` with every attribute of the customers outside the population set to null (their values clear)."""
+    import pyarrow.compute as pc
+
+    keep = pa.array(mask, type=pa.bool_())
+    for i, name in enumerate(table.column_names):
+        if name == "customer_id":
+            continue
+        column = table.column(i)
+        table = table.set_column(i, name, pc.if_else(keep, column, pa.scalar(None, column.type)))
+    return table
 
 
 def predict_attributes(
@@ -329,12 +374,15 @@ def predict_attributes(
     *,
     now: datetime | None = None,
     retrain: bool = False,
+    prediction_name: str = DEFAULT_PREDICTION,
 ) -> Prediction:
     """Score every customer at ``cut``: churn from the model in service (trained and gated first when the
     registry has none), BTYD expected purchases and P(alive), CLV and next purchase date, driver and segment.
 
     With ``model.kind = "bgnbd"`` (or when no learned model may serve) BG/NBD alone gives the churn score.
     ``retrain`` trains a new model first even when one is in service (the quality gate decides which scores).
+    ``prediction_name`` keys the model in the registry. With ``prediction.active_within_days`` set, customers
+    outside the scored population keep their row with every attribute null (segments rank the population only).
     """
 
     prediction = settings.prediction
@@ -342,16 +390,16 @@ def predict_attributes(
     details: dict[str, Any] = {}
     service: tuple[str, ChurnModel] | None = None
     if settings.model.kind == "ml":
-        service = None if retrain else _service_model(settings)
+        service = None if retrain else _service_model(settings, prediction_name)
         if service is None:
             try:
-                version, published, reason = train_churn_model(con, cut, settings, now=now)
+                version, published, reason = train_churn_model(con, cut, settings, now=now, prediction=prediction_name)
             except DataError as exc:
-                service = _service_model(settings) if retrain else None
+                service = _service_model(settings, prediction_name) if retrain else None
                 keeps = f"model {service[0]} keeps scoring" if service else "BG/NBD scores churn"
                 messages.append(f"no new churn model: {exc.message}; {keeps}")
             else:
-                service = _service_model(settings)
+                service = _service_model(settings, prediction_name)
                 if published:
                     messages.append(f"trained and published model {version}: {reason}")
                 else:
@@ -396,8 +444,22 @@ def predict_attributes(
     if driver is not None:
         table = table.append_column("churn_driver", pa.array(driver.astype(str), type=pa.string()))
     churn_now = np.asarray(table.column("churn_probability").to_numpy(zero_copy_only=False), dtype=np.float64)
-    segments = assign_segments(churn_now, value_score, np.asarray(tenure, dtype=np.float64), settings.model.segments)
+    tenure = np.asarray(tenure, dtype=np.float64)
+    mask = population_mask(con, cut, table.column("customer_id"), prediction)
+    if mask is None:
+        segments = assign_segments(churn_now, value_score, tenure, settings.model.segments)
+    else:  # value quantiles rank the scored population only
+        segments = np.full(table.num_rows, "other", dtype=object)
+        segments[mask] = assign_segments(churn_now[mask], value_score[mask], tenure[mask], settings.model.segments)
     table = table.append_column("segment", pa.array(segments.astype(str), type=pa.string()))
+    if mask is not None:
+        table = _keep_population(table, mask)
+        details["population"] = {
+            "active_within_days": prediction.active_within_days,
+            "active_events": sorted({t.strip().lower() for t in prediction.active_events}),
+            "customers_in_population": int(mask.sum()),
+            "customers_outside": int((~mask).sum()),
+        }
     params = model.params_
     details["messages"] = messages
     details["scored_at"] = (now or datetime.now(UTC)).isoformat()

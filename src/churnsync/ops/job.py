@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
@@ -85,11 +85,12 @@ def run_job(
     transport: httpx.AsyncBaseTransport | None = None,
     owner: str = "churnsync schedule",
     interactive: bool = False,
+    predictions: Sequence[str] | None = None,
 ) -> JobOutcome:
     """Run the pipeline once and report it; never raises a :class:`ChurnsyncError` (it is in the outcome).
 
-    ``as_of`` and ``sync`` are passed to :func:`~churnsync.pipeline.run_pipeline`; ``interactive`` is the
-    one-off CLI run's mode (see the module's description).
+    ``as_of``, ``sync`` and ``predictions`` are passed to :func:`~churnsync.pipeline.run_pipeline`;
+    ``interactive`` is the one-off CLI run's mode (see the module's description).
     """
     from churnsync.pipeline import run_pipeline
 
@@ -114,6 +115,7 @@ def run_job(
             stop=stop,
             lock_owner=lock_owner(owner),
             retrain=retrain,
+            predictions=predictions,
         )
     except ChurnsyncError as exc:
         error = exc

@@ -15,7 +15,11 @@ the same thing: the customer has no value for that attribute.
                      ├─< sync_failures        one row per object the destination refused
                      ├─< destination_state    what each destination last acknowledged per (customer, attribute)
                      └─< destination_acks     append-only log of every acknowledged value (for history)
-    customers                                 per customer: the last prediction run that scored it (0002)
+    customers                                 per customer: the last prediction run that scored it (0002),
+                                              and the change counter when it last changed (0005)
+    store_counters                            the change counter; writers hold its row lock (0005)
+    selection_watermarks                      per destination: the counter and policy of its last selection (0005)
+    selection_pending                         per destination: customers its last selection found different (0005)
     store_lock                                at most one row: the run holding the run lock (0002)
 
 A history row is valid from its ``changed_at`` until the next change of the same (customer, attribute).
@@ -229,7 +233,12 @@ customers = sa.Table(
     # "no longer scored" and prediction age (TTL) are decided from last_run_id.
     sa.Column("first_run_id", sa.Integer, nullable=False),
     sa.Column("last_run_id", sa.Integer, nullable=False),
+    # The store's change counter (store_counters) when something that decides what this customer should hold at
+    # a destination last moved: a value changed, or it was scored again after a gap (0005). Selection reads the
+    # customers whose mark is newer than the destination's watermark, instead of every current value.
+    sa.Column("changed_seq", sa.BigInteger, nullable=False, server_default="0"),
     sa.PrimaryKeyConstraint("customer_id"),
+    sa.Index(None, "changed_seq"),
     sqlite_with_rowid=False,
 )
 
@@ -300,4 +309,42 @@ sync_dry_runs = sa.Table(
     sa.Column("data_points", sa.BigInteger, nullable=False),
     sa.Column("data_points_by_attribute", sa.Text, nullable=False),
     sa.Index(None, "destination", "id"),
+)
+
+# -- change-driven selection (issue 4, revision 0005) ------------------------------------------------------------
+
+#: Named counters. ``changes`` grows by one per write of predictions; the writer holds the row's lock until it
+#: commits, and a selection takes the same lock, so a selection never sees half of a write's marks.
+store_counters = sa.Table(
+    "store_counters",
+    metadata,
+    sa.Column("name", sa.String(32), nullable=False),
+    sa.Column("value", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("name"),
+)
+
+#: Per destination, where its last selection stood: the change counter, and the policy it was computed with
+#: (mode, the latest succeeded prediction run, the TTL cutoff). The next selection with the same policy reads only
+#: the customers marked after it, those left pending, and those the policy drops since.
+selection_watermarks = sa.Table(
+    "selection_watermarks",
+    metadata,
+    sa.Column("destination", key_type(100), nullable=False),
+    sa.Column("changed_seq", sa.BigInteger, nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("latest_run_id", sa.Integer, nullable=True),
+    sa.Column("cutoff", UtcDateTime, nullable=True),
+    sa.Column("selected_at", UtcDateTime, nullable=False),
+    sa.PrimaryKeyConstraint("destination"),
+)
+
+#: Per destination, the customers its last selection returned: they stay candidates until a selection finds them
+#: equal to what the destination acknowledged (a failed, crashed, partial or quarantined send leaves them here).
+selection_pending = sa.Table(
+    "selection_pending",
+    metadata,
+    sa.Column("destination", key_type(100), nullable=False),
+    sa.Column("customer_id", key_type(), nullable=False),
+    sa.PrimaryKeyConstraint("destination", "customer_id"),
+    sqlite_with_rowid=False,
 )

@@ -4,12 +4,15 @@ One class, :class:`AttributeStore`, over SQLAlchemy Core on SQLite (the default,
 (psycopg 3). Tables are described in :mod:`churnsync.store.schema`; Alembic migrations in ``migrations/``
 create them and are applied by :meth:`AttributeStore.open`.
 
-Bulk work is set-based: a run's predictions are staged into a temporary table (one wide row per customer by
-executemany on SQLite, COPY on PostgreSQL), then a few statements append the changed values to the history
-(per-attribute rules: absolute and relative tolerance, rounding, day granularity, ``unless_changed``
-coupling), upsert them into the current values, and record which run last scored each customer. The next
-sync's changes are one streamed query (with the destination's policy for customers no longer scored and for
-predictions older than a TTL). Nothing loops per customer in SQL round trips.
+Bulk work is set-based: a run's predictions (one table, or an iterable of chunks) are staged into a temporary
+table, one row per customer (executemany on SQLite, COPY on PostgreSQL), then a few statements append the changed
+values to the history (per-attribute rules: absolute and relative tolerance, rounding, day granularity,
+``unless_changed`` coupling), upsert them into the current values, record which run last scored each customer, and
+mark the customers whose wanted state may have moved with the write's number from the change counter. The next
+sync's changes are computed once per selection in SQL (with the destination's policy for customers no longer scored
+and for predictions older than a TTL), from the customers marked since that destination's last selection, those it
+left pending and those its policy drops since (every customer the first time), then streamed. Nothing loops per
+customer in SQL round trips.
 
 Two runs cannot interleave: :meth:`AttributeStore.run_lock` (an advisory lock on PostgreSQL, a lock row on
 SQLite). History older than a retention is compacted by :meth:`AttributeStore.compact_history`, and
@@ -36,8 +39,8 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
@@ -79,6 +82,11 @@ MIGRATION_LOCK_KEY = 0x63687379
 STAGE_CHUNK_CUSTOMERS = 50_000
 #: Rows fetched per round trip while streaming the sync selection.
 SELECT_FETCH_ROWS = 10_000
+#: PostgreSQL: a table with more rows changed since its last ANALYZE than this (and a tenth of its size) is analysed
+#: before a bulk statement is planned on it.
+ANALYZE_AFTER_CHANGED_ROWS = 10_000
+#: PostgreSQL: below this share of all customers, a change-driven selection looks candidates up by key (nested loops).
+SELECT_LOOKUP_SHARE = 0.25
 #: A move of exactly the tolerance counts as a change; this absorbs binary rounding (0.58 - 0.56 < 0.02).
 TOLERANCE_SLACK = 1e-9
 
@@ -259,19 +267,10 @@ _FAILURE_INSERT = {
 }
 
 
-# Staging tables: temporary, one per write, gone at commit (PostgreSQL) or dropped explicitly (SQLite).
+# Staging: the run's values go into a temporary table, one row per customer (``_wide_stage``), gone at commit
+# (PostgreSQL) or dropped explicitly (SQLite); a rules table (one row per attribute: its name and change threshold)
+# expands it to one row per (customer, attribute) inside the database (``_long_stage``).
 _stage_metadata = sa.MetaData()
-_stage = sa.Table(
-    "churnsync_stage",
-    _stage_metadata,
-    sa.Column("customer_id", s.key_type(), nullable=False),
-    sa.Column("attr_idx", sa.Integer, nullable=False),
-    sa.Column("num_value", sa.Double, nullable=True),
-    sa.Column("text_value", sa.Text, nullable=True),
-    prefixes=["TEMPORARY"],
-    postgresql_on_commit="DROP",
-)
-# One row per attribute: its name and change threshold, so the staged rows carry a small integer only.
 _stage_rules = sa.Table(
     "churnsync_stage_rules",
     _stage_metadata,
@@ -283,6 +282,58 @@ _stage_rules = sa.Table(
     prefixes=["TEMPORARY"],
     postgresql_on_commit="DROP",
 )
+#: The sync selection's result, computed once per selection and streamed from (dropped when the stream ends).
+_selected = sa.Table(
+    "churnsync_selected",
+    _stage_metadata,
+    sa.Column("customer_id", s.key_type(), nullable=False),
+    sa.Column("attribute", s.key_type(), nullable=False),
+    sa.Column("num_value", sa.Double, nullable=True),
+    sa.Column("text_value", sa.Text, nullable=True),
+    prefixes=["TEMPORARY"],
+)
+#: The customers a change-driven selection compares (marked since the watermark, pending, newly dropped).
+_candidates = sa.Table(
+    "churnsync_candidates",
+    _stage_metadata,
+    sa.Column("customer_id", s.key_type(), primary_key=True),
+    prefixes=["TEMPORARY"],
+)
+#: The store_counters row that numbers writes (see churnsync.store.schema.store_counters).
+CHANGES_COUNTER = "changes"
+
+
+def _wide_stage(plan: list[_Attribute]) -> sa.Table:
+    """One row per customer and one column per attribute (``v0``, ``v1``…): an eighth of the rows of long staging.
+
+    The primary key refuses a customer staged twice (across chunks of a streamed write).
+    """
+    columns: list[Any] = [sa.Column("customer_id", s.key_type(), primary_key=True)]
+    columns += [sa.Column(f"v{a.idx}", sa.Double if a.kind == "num" else sa.Text, nullable=True) for a in plan]
+    return sa.Table("churnsync_stage", sa.MetaData(), *columns, prefixes=["TEMPORARY"], postgresql_on_commit="DROP")
+
+
+def _long_stage(wide: sa.Table, plan: list[_Attribute]) -> Any:
+    """The wide stage as (customer, attribute) rows with each attribute's rule, computed in the query (no copy)."""
+    rules = _stage_rules
+    nums = [(rules.c.attr_idx == a.idx, wide.c[f"v{a.idx}"]) for a in plan if a.kind == "num"]
+    texts = [(rules.c.attr_idx == a.idx, wide.c[f"v{a.idx}"]) for a in plan if a.kind != "num"]
+    num: Any = sa.case(*nums, else_=sa.null()) if nums else sa.cast(sa.null(), sa.Double)
+    text: Any = sa.case(*texts, else_=sa.null()) if texts else sa.cast(sa.null(), sa.Text)
+    return (
+        sa.select(
+            wide.c.customer_id,
+            rules.c.attr_idx,
+            rules.c.attribute,
+            rules.c.threshold,
+            rules.c.rel_threshold,
+            rules.c.text_len,
+            num.label("num_value"),
+            text.label("text_value"),
+        )
+        .select_from(wide.join(rules, sa.true()))
+        .subquery("st")
+    )
 
 
 @dataclass(frozen=True)
@@ -373,6 +424,34 @@ def _plan_columns(table: pa.Table, attributes: AttributeSettings) -> list[_Attri
             )
         )
     return plan
+
+
+def _prediction_chunks(
+    table: pa.Table | Iterable[pa.Table | pa.RecordBatch], attributes: AttributeSettings
+) -> tuple[list[_Attribute], Iterator[pa.Table]]:
+    """The storage plan (from the first chunk) and every chunk, each checked as it comes."""
+    import pyarrow as pa
+
+    source: Iterator[Any] = iter([table]) if isinstance(table, pa.Table | pa.RecordBatch) else iter(table)
+    first = next(source, None)
+    if first is None:
+        return [], iter(())
+    head = pa.Table.from_batches([first]) if isinstance(first, pa.RecordBatch) else first
+    plan = _plan_columns(head, attributes)
+
+    def chunks() -> Iterator[pa.Table]:
+        yield head
+        for number, item in enumerate(source, start=2):
+            chunk = pa.Table.from_batches([item]) if isinstance(item, pa.RecordBatch) else item
+            if not chunk.schema.equals(head.schema):
+                raise StoreError(
+                    f"predictions chunk {number} has columns {chunk.schema.names}, not those of the first chunk",
+                    remedy="Give every chunk of one write the same columns and types",
+                )
+            _plan_columns(chunk, attributes)  # ids present, strings, unique within the chunk
+            yield chunk
+
+    return plan, chunks()
 
 
 def _column_values(batch: Any, attr: _Attribute) -> tuple[Any, Any]:
@@ -473,8 +552,12 @@ class AttributeStore:
             self._take_lock_row(holder, takeover=self._holder_gone)
             try:
                 yield
-            finally:
-                self._drop_lock_row(token)
+            except BaseException:
+                # The run's own error is the one to report (a locked or lost store fails the release too).
+                with suppress(Exception):
+                    self._drop_lock_row(token)
+                raise
+            self._drop_lock_row(token)
             return
         session = self._lock_session()
         try:
@@ -484,7 +567,16 @@ class AttributeStore:
                 # The advisory lock is ours: any row left is a crashed holder's description.
                 self._take_lock_row(holder, takeover=lambda _row: True)
                 yield
-            finally:
+            except BaseException:
+                # The run's own error is the one to report: a lost connection fails the release too, and the
+                # advisory lock ends with its session anyway (a row left behind is taken over by the next holder).
+                with suppress(Exception):
+                    try:
+                        self._drop_lock_row(token)
+                    finally:
+                        self._unlock_advisory(session)
+                raise
+            else:
                 try:
                     self._drop_lock_row(token)
                 finally:
@@ -580,7 +672,9 @@ class AttributeStore:
             )
             return _new_id(result)
 
-    def write_predictions(self, run_id: int, table: pa.Table, attributes: AttributeSettings) -> WriteSummary:
+    def write_predictions(
+        self, run_id: int, table: pa.Table | Iterable[pa.Table | pa.RecordBatch], attributes: AttributeSettings
+    ) -> WriteSummary:
         """Store one run's predictions: only values that really changed update the current row and the history.
 
         ``table`` holds a string ``customer_id`` column and one column per attribute: numbers (rounded by
@@ -590,17 +684,30 @@ class AttributeStore:
         missing value and a null are the same: a customer's first null is no change.
 
         Customers already in the store but absent from ``table`` are left as they are.
+
+        ``table`` may also be an iterable of tables or record batches with one schema (e.g. a Parquet file read
+        batch by batch): they are written in one transaction, and only one chunk is in memory at a time.
         """
-        plan = _plan_columns(table, attributes)
+        plan, chunks = _prediction_chunks(table, attributes)
         now = self._now()
         with self._transaction(f"write predictions of run {run_id}", write=True) as conn:
             self._require_running(conn, run_id)
-            if self._dialect == "postgresql":  # the change join sorts the run's values: keep that in memory
-                conn.exec_driver_sql(f"SET LOCAL work_mem = '{POSTGRES_WRITE_WORK_MEM}'")
-            self._create_stage(conn, plan)
-            self._fill_stage(conn, table, plan)
-            summary = self._apply_stage(conn, run_id, now, plan, scored=table.num_rows)
-            self._mark_scored(conn, run_id, plan)
+            # Numbers this write's marks; the counter row stays locked until commit (selections wait for it).
+            seq = self._next_change_seq(conn)
+            if self._dialect == "postgresql":
+                self._tune_bulk_transaction(conn)
+            wide = _wide_stage(plan)
+            self._create_stage(conn, wide, plan)
+            scored = self._fill_stage(conn, wide, chunks, plan)
+            first_id = conn.execute(sa.select(sa.func.coalesce(sa.func.max(s.attribute_history.c.id), 0))).scalar_one()
+            summary = self._apply_stage(conn, run_id, now, wide, plan, scored=scored, first_id=first_id)
+            if plan and scored:
+                self._mark_scored(conn, run_id, wide, seq=seq, first_id=first_id)
+            if self._dialect == "postgresql":
+                # Autovacuum analyses a grown table only later: the selection is planned with the real sizes.
+                self._analyze_if_grown(conn, "customers", summary.customers_new)
+                self._analyze_if_grown(conn, "attribute_values", summary.values_changed)
+                self._analyze_if_grown(conn, "attribute_history", summary.values_changed)
             if self._dialect == "sqlite":
                 conn.exec_driver_sql("DROP TABLE temp.churnsync_stage")
                 conn.exec_driver_sql("DROP TABLE temp.churnsync_stage_rules")
@@ -669,8 +776,13 @@ class AttributeStore:
         The wanted value is the current value, except null for every attribute of a customer who is
         no longer scored (absent from the latest succeeded prediction run) when ``mode`` is ``"mirror"``,
         and of a customer whose last scoring run started more than ``ttl`` before ``now`` (default: the
-        store's clock). The query reads a snapshot taken at the first ``next()``; batches may be recorded
-        meanwhile.
+        store's clock). The selection is computed at the first ``next()`` (waiting for a write in progress) and
+        then streamed; batches may be recorded meanwhile.
+
+        It compares only candidates once ``destination`` has a watermark from a selection with the same ``mode``
+        and TTL: customers marked by writes since, those that selection returned (until a selection finds them
+        acknowledged), and those the policy drops since; the watermark and pending set move with every selection,
+        dry runs included. The result is the same as comparing everyone.
         """
         if chunk_size < 1:
             raise StoreError(f"chunk_size must be at least 1, not {chunk_size}", remedy="Pass a positive size")
@@ -1100,7 +1212,9 @@ class AttributeStore:
     def _create_engine(self) -> Engine:
         serializer = lambda obj: json.dumps(obj, default=str)  # noqa: E731 (datetimes in run summaries)
         if self._dialect == "postgresql":
-            connect_args: dict[str, Any] = {"application_name": "churnsync"}
+            connect_args: dict[str, Any] = {}
+            if "application_name" not in self._url.query:  # a name given in the URL wins (monitoring, tests)
+                connect_args["application_name"] = "churnsync"
             if "connect_timeout" not in self._url.query:
                 connect_args["connect_timeout"] = 10
             return sa.create_engine(
@@ -1157,6 +1271,11 @@ class AttributeStore:
                     yield conn
         except (sa.exc.SQLAlchemyError, CommandError, RevisionError) as exc:
             raise self._error(action, exc) from exc
+        except Exception as exc:
+            # The bulk paths (COPY, executemany) talk to the driver directly: its errors are the store's too.
+            if isinstance(exc, sqlite3.Error) or type(exc).__module__.startswith("psycopg"):
+                raise self._error(action, exc) from exc
+            raise
 
     def _error(self, action: str, exc: Exception) -> StoreError:
         orig = getattr(exc, "orig", None) or exc
@@ -1212,11 +1331,11 @@ class AttributeStore:
 
     # ------------------------------------------------------------------ internals: writing a run
 
-    def _create_stage(self, conn: Connection, plan: list[_Attribute]) -> None:
+    def _create_stage(self, conn: Connection, wide: sa.Table, plan: list[_Attribute]) -> None:
         if self._dialect == "sqlite":  # a failed write on this pooled connection may have left them behind
             conn.exec_driver_sql("DROP TABLE IF EXISTS temp.churnsync_stage")
             conn.exec_driver_sql("DROP TABLE IF EXISTS temp.churnsync_stage_rules")
-        _stage.create(conn)
+        wide.create(conn)
         _stage_rules.create(conn)
         if plan:
             conn.execute(
@@ -1233,72 +1352,79 @@ class AttributeStore:
                 ],
             )
 
-    def _fill_stage(self, conn: Connection, table: pa.Table, plan: list[_Attribute]) -> None:
-        """Stage the run's values long-format, a chunk of customers at a time (memory stays flat)."""
-        if not plan or table.num_rows == 0:
-            return
+    def _fill_stage(self, conn: Connection, wide: sa.Table, chunks: Iterator[pa.Table], plan: list[_Attribute]) -> int:
+        """Stage the run's values, one row per customer, a chunk at a time (memory stays flat); return the count."""
         driver: Any = conn.connection.driver_connection
-        batches = table.select(["customer_id", *(a.name for a in plan)]).to_batches(max_chunksize=STAGE_CHUNK_CUSTOMERS)
-        if self._dialect == "postgresql":
-            self._copy_stage(driver, batches, plan)
-            conn.exec_driver_sql("ANALYZE churnsync_stage")  # temp tables get no autovacuum statistics
-            return
-        # SQLite: one wide row per customer (a quarter of the bound parameters of long rows), expanded to the
-        # long stage by SQL inside SQLite, one INSERT ... SELECT per attribute.
-        cursor = driver.cursor()
-        values = [f"v{a.idx}" for a in plan]
+        names = ["customer_id", *(a.name for a in plan)]
+        batches = (
+            batch for chunk in chunks for batch in chunk.select(names).to_batches(max_chunksize=STAGE_CHUNK_CUSTOMERS)
+        )
+        if not plan:
+            return sum(batch.num_rows for batch in batches)
         try:
-            cursor.execute("DROP TABLE IF EXISTS temp.churnsync_wide")
-            cursor.execute(f"CREATE TEMPORARY TABLE churnsync_wide (customer_id, {', '.join(values)})")
-            insert = f"INSERT INTO temp.churnsync_wide VALUES (?{', ?' * len(plan)})"
-            for batch in batches:
-                ids = batch.column("customer_id").cast("string").to_pylist()
-                columns = []
-                for attr in plan:
-                    numbers, texts = _column_values(batch, attr)
-                    columns.append((numbers if attr.kind == "num" else texts).to_pylist())
-                cursor.executemany(insert, zip(ids, *columns, strict=True))
-            for attr, column in zip(plan, values, strict=True):
-                typed = f"{column}, NULL" if attr.kind == "num" else f"NULL, {column}"
-                cursor.execute(
-                    "INSERT INTO temp.churnsync_stage (customer_id, attr_idx, num_value, text_value) "
-                    f"SELECT customer_id, {attr.idx}, {typed} FROM temp.churnsync_wide"
-                )
-            cursor.execute("DROP TABLE temp.churnsync_wide")
-        finally:
-            cursor.close()
+            if self._dialect == "postgresql":
+                staged = self._copy_stage(driver, batches, plan)
+                conn.exec_driver_sql("ANALYZE churnsync_stage")  # temp tables get no autovacuum statistics
+                return staged
+            staged = 0
+            insert = f"INSERT INTO temp.churnsync_stage VALUES (?{', ?' * len(plan)})"
+            cursor = driver.cursor()
+            try:
+                for batch in batches:
+                    ids = batch.column("customer_id").cast("string").to_pylist()
+                    columns = []
+                    for attr in plan:
+                        numbers, texts = _column_values(batch, attr)
+                        columns.append((numbers if attr.kind == "num" else texts).to_pylist())
+                    cursor.executemany(insert, zip(ids, *columns, strict=True))
+                    staged += len(ids)
+            finally:
+                cursor.close()
+            return staged
+        except Exception as exc:
+            if type(exc).__name__ in ("UniqueViolation", "IntegrityError"):
+                raise StoreError(
+                    "predictions: a customer_id appears more than once (in two chunks of one write)",
+                    remedy="Score each customer once per run",
+                ) from None
+            if isinstance(exc, sqlite3.Error) or type(exc).__module__.startswith("psycopg"):
+                raise self._error("stage the predictions", exc) from exc
+            raise
 
     @staticmethod
-    def _copy_stage(driver: Any, batches: list[Any], plan: list[_Attribute]) -> None:
-        """PostgreSQL: COPY the long-format rows as CSV written by Arrow (no Python loop per row)."""
+    def _copy_stage(driver: Any, batches: Iterator[Any], plan: list[_Attribute]) -> int:
+        """PostgreSQL: COPY one row per customer as CSV written by Arrow (no Python loop per row)."""
         import pyarrow as pa
         import pyarrow.csv as pacsv
 
         options = pacsv.WriteOptions(include_header=False)
-        sql = "COPY churnsync_stage (customer_id, attr_idx, num_value, text_value) FROM STDIN (FORMAT csv)"
+        columns = ", ".join(f"v{a.idx}" for a in plan)
+        sql = f"COPY churnsync_stage (customer_id, {columns}) FROM STDIN (FORMAT csv)"
+        staged = 0
         with driver.cursor() as cursor, cursor.copy(sql) as copy:
             for batch in batches:
-                ids = batch.column("customer_id").cast(pa.string())
-                parts = []
+                arrays = [batch.column("customer_id").cast(pa.string())]
                 for attr in plan:
                     numbers, texts = _column_values(batch, attr)
-                    parts.append(
-                        pa.table(
-                            {
-                                "customer_id": ids,
-                                "attr_idx": pa.repeat(pa.scalar(attr.idx, pa.int32()), len(ids)),
-                                "num_value": numbers,
-                                "text_value": texts,
-                            }
-                        )
-                    )
+                    arrays.append(numbers if attr.kind == "num" else texts)
                 buffer = BytesIO()
                 # Arrow writes nulls as empty fields and quotes every string, so "" stays an empty string.
-                pacsv.write_csv(pa.concat_tables(parts), buffer, options)
+                names = ["customer_id", *(f"v{a.idx}" for a in plan)]
+                pacsv.write_csv(pa.table(arrays, names=names), buffer, options)
                 copy.write(buffer.getbuffer())
+                staged += batch.num_rows
+        return staged
 
     def _apply_stage(
-        self, conn: Connection, run_id: int, now: datetime, plan: list[_Attribute], *, scored: int
+        self,
+        conn: Connection,
+        run_id: int,
+        now: datetime,
+        wide: sa.Table,
+        plan: list[_Attribute],
+        *,
+        scored: int,
+        first_id: int,
     ) -> WriteSummary:
         """Append changed values to the history, then upsert exactly those into the current values.
 
@@ -1306,10 +1432,12 @@ class AttributeStore:
         then, for attributes with ``unless_changed``, values that moved at all while a coupled attribute of the
         same customer changed in the first step.
         """
-        h, v, st, rules = s.attribute_history, s.attribute_values, _stage, _stage_rules
-        first_id = conn.execute(sa.select(sa.func.coalesce(sa.func.max(h.c.id), 0))).scalar_one()
+        if not plan or not scored:
+            return WriteSummary(customers_scored=scored, customers_new=0, customers_changed=0, values_changed=0)
+        h, v = s.attribute_history, s.attribute_values
+        st = _long_stage(wide, plan)
         if any(a.text_len is not None for a in plan):
-            cut = sa.func.coalesce(rules.c.text_len, 1_000_000_000)
+            cut = sa.func.coalesce(st.c.text_len, 1_000_000_000)
             text_changed = sa.func.substr(st.c.text_value, 1, cut).is_distinct_from(
                 sa.func.substr(v.c.text_value, 1, cut)
             )
@@ -1318,11 +1446,11 @@ class AttributeStore:
         moved = sa.func.abs(st.c.num_value - v.c.num_value)
         num_changed = sa.and_(
             # threshold is 0 for an exact compare; `<>` keeps an equal number from counting then.
-            moved >= rules.c.threshold,
+            moved >= st.c.threshold,
             st.c.num_value != v.c.num_value,
         )
         if any(a.rel_threshold > 0 for a in plan):
-            num_changed = sa.and_(num_changed, moved >= rules.c.rel_threshold * sa.func.abs(v.c.num_value))
+            num_changed = sa.and_(num_changed, moved >= st.c.rel_threshold * sa.func.abs(v.c.num_value))
         changed = sa.or_(
             text_changed,
             sa.and_(st.c.num_value.is_(None), v.c.num_value.is_not(None)),
@@ -1339,12 +1467,10 @@ class AttributeStore:
             "prediction_run_id",
             "changed_at",
         ]
-        joined = st.join(rules, rules.c.attr_idx == st.c.attr_idx).outerjoin(
-            v, sa.and_(v.c.customer_id == st.c.customer_id, v.c.attribute == rules.c.attribute)
-        )
+        joined = st.outerjoin(v, sa.and_(v.c.customer_id == st.c.customer_id, v.c.attribute == st.c.attribute))
         row = (
             st.c.customer_id,
-            rules.c.attribute,
+            st.c.attribute,
             v.c.num_value,
             v.c.text_value,
             st.c.num_value,
@@ -1353,7 +1479,7 @@ class AttributeStore:
             sa.literal(now, s.UtcDateTime()),
         )
         # In key order, history ids and the current values' clustered key grow together: B-tree appends.
-        candidates = sa.select(*row).select_from(joined).where(changed).order_by(st.c.customer_id, rules.c.attribute)
+        candidates = sa.select(*row).select_from(joined).where(changed).order_by(st.c.customer_id, st.c.attribute)
         conn.execute(h.insert().from_select(columns, candidates))
         this_write = sa.and_(h.c.id > first_id, h.c.prediction_run_id == run_id)
         for attr in plan:
@@ -1418,22 +1544,94 @@ class AttributeStore:
             values_changed=int(values_changed),
         )
 
-    def _mark_scored(self, conn: Connection, run_id: int, plan: list[_Attribute]) -> None:
-        """Record ``run_id`` as the last run that scored every staged customer (one staged row per customer)."""
-        if not plan:
-            return
-        c, st = s.customers, _stage
-        upsert = _dialect_insert(self._dialect, c).from_select(
-            ["customer_id", "first_run_id", "last_run_id"],
-            sa.select(st.c.customer_id, sa.literal(run_id, sa.Integer), sa.literal(run_id, sa.Integer)).where(
-                st.c.attr_idx == plan[0].idx
-            ),
-        )
-        conn.execute(
-            upsert.on_conflict_do_update(
-                index_elements=[c.c.customer_id], set_={"last_run_id": upsert.excluded.last_run_id}
+    @staticmethod
+    def _tune_bulk_transaction(conn: Connection) -> None:
+        """PostgreSQL: planner and memory settings for this transaction only (nothing about durability).
+
+        Sorts and hashes of a run's values stay in memory; JIT compilation is off because these statements are
+        planned with costs far above its thresholds and compiled in about a second each, longer than it saves.
+        """
+        conn.exec_driver_sql(f"SET LOCAL work_mem = '{POSTGRES_WRITE_WORK_MEM}'")
+        conn.exec_driver_sql("SET LOCAL jit = off")
+
+    @staticmethod
+    def _refresh_statistics(conn: Connection, *tables: str) -> None:
+        """PostgreSQL: ANALYZE each table whose statistics lag far behind its rows (after bulk writes)."""
+        rows = conn.exec_driver_sql(
+            "SELECT relname, n_mod_since_analyze, n_live_tup FROM pg_stat_user_tables "
+            "WHERE relid = ANY (ARRAY[" + ", ".join(f"to_regclass('{t}')" for t in tables) + "])"
+        ).all()
+        stale = [
+            name
+            for name, changed, live in rows
+            if changed > ANALYZE_AFTER_CHANGED_ROWS and changed > 0.1 * max(live - changed, 0)
+        ]
+        if stale:
+            conn.exec_driver_sql(f"ANALYZE {', '.join(stale)}")
+
+    @staticmethod
+    def _analyze_if_grown(conn: Connection, table: str, written: int) -> None:
+        """PostgreSQL: ANALYZE ``table`` when this transaction wrote more rows than a tenth of what it last counted."""
+        counted = conn.exec_driver_sql(f"SELECT reltuples FROM pg_class WHERE oid = to_regclass('{table}')").scalar()
+        if written > ANALYZE_AFTER_CHANGED_ROWS and written > 0.1 * max(float(counted or 0), 0.0):
+            conn.exec_driver_sql(f"ANALYZE {table}")
+
+    @staticmethod
+    def _next_change_seq(conn: Connection) -> int:
+        """Advance the change counter and return it; its row stays locked by this transaction until commit."""
+        counters = s.store_counters
+        this = counters.c.name == CHANGES_COUNTER
+        conn.execute(counters.update().where(this).values(value=counters.c.value + 1))
+        value = conn.execute(sa.select(counters.c.value).where(this)).scalar_one_or_none()
+        if value is None:  # a store whose counter row was removed: start again above every mark
+            start = conn.execute(sa.select(sa.func.coalesce(sa.func.max(s.customers.c.changed_seq), 0))).scalar_one()
+            value = int(start) + 1
+            conn.execute(counters.insert().values(name=CHANGES_COUNTER, value=value))
+        return int(value)
+
+    def _mark_scored(self, conn: Connection, run_id: int, wide: sa.Table, *, seq: int, first_id: int) -> None:
+        """Record ``run_id`` as the last run that scored every staged customer, and mark what selection must see.
+
+        A customer gets this write's mark (``changed_seq``) when it is new, when a value of it changed, or when a
+        destination's last selection may have dropped it (mirror: last scored before that selection's latest run;
+        TTL: last scored by a run that had expired at that selection) and this run brings it back. When this run
+        itself is older than such a selection's latest run or TTL cutoff, every customer it scores is marked.
+        """
+        c, h, runs, w = s.customers, s.attribute_history, s.prediction_runs, s.selection_watermarks
+        latest_seen, cutoff_seen = conn.execute(
+            sa.select(
+                sa.func.max(sa.case((w.c.mode == "mirror", w.c.latest_run_id), else_=None)),
+                sa.func.max(w.c.cutoff),
             )
-        )
+        ).one()
+        started = conn.execute(sa.select(runs.c.started_at).where(runs.c.id == run_id)).scalar_one()
+        gaps: list[Any] = []
+        mark_all = False
+        if latest_seen is not None:
+            gaps.append(c.c.last_run_id < int(latest_seen))
+            mark_all = run_id < int(latest_seen)
+        if cutoff_seen is not None:
+            cutoff_seen = s.UtcDateTime().process_result_value(cutoff_seen, conn.dialect)
+            gaps.append(c.c.last_run_id.in_(sa.select(runs.c.id).where(runs.c.started_at < cutoff_seen)))
+            mark_all = mark_all or started < cutoff_seen
+        staged = sa.select(wide.c.customer_id)
+        values: dict[str, Any] = {"last_run_id": run_id}
+        if mark_all:
+            values["changed_seq"] = seq
+        elif gaps:
+            values["changed_seq"] = sa.case((sa.or_(*gaps), seq), else_=c.c.changed_seq)
+        # Every scored customer's row is rewritten (last_run_id); its mark only where the case says so, which
+        # leaves the index on changed_seq alone for the others (on PostgreSQL: heap-only updates).
+        conn.execute(c.update().where(c.c.customer_id.in_(staged)).values(**values))
+        changed = sa.select(h.c.customer_id).where(h.c.id > first_id, h.c.prediction_run_id == run_id)
+        conn.execute(c.update().where(c.c.changed_seq != seq, c.c.customer_id.in_(changed)).values(changed_seq=seq))
+        new = sa.select(
+            wide.c.customer_id,
+            sa.literal(run_id, sa.Integer),
+            sa.literal(run_id, sa.Integer),
+            sa.literal(seq, sa.BigInteger),
+        ).where(~sa.exists().where(c.c.customer_id == wide.c.customer_id))
+        conn.execute(c.insert().from_select(["customer_id", "first_run_id", "last_run_id", "changed_seq"], new))
 
     # ------------------------------------------------------------------ internals: syncing
 
@@ -1475,7 +1673,20 @@ class AttributeStore:
         else:
             conn.exec_driver_sql(sql, [(sync_run_id, seq, c, r) for c, r in failures])
 
-    def _changes_query(self, conn: Connection, destination: str, *, mirror: bool, cutoff: datetime | None) -> Any:
+    def _changes_query(
+        self,
+        conn: Connection,
+        destination: str,
+        *,
+        mirror: bool,
+        cutoff: datetime | None,
+        latest: int | None,
+        candidates: sa.Table | None,
+    ) -> Any:
+        """(customer_id, attribute, wanted num, wanted text) where the wanted value differs from the acknowledged one.
+
+        Over every current value, or only over those of ``candidates``' customers.
+        """
         v, d, c, runs = s.attribute_values, s.destination_state, s.customers, s.prediction_runs
         acknowledged = sa.and_(
             d.c.destination == destination,
@@ -1483,20 +1694,23 @@ class AttributeStore:
             d.c.attribute == v.c.attribute,
         )
         dropped: list[Any] = []
-        if mirror:
-            latest = conn.execute(sa.select(sa.func.max(runs.c.id)).where(runs.c.status == "succeeded")).scalar()
-            if latest is not None:  # no succeeded run yet: nobody is "no longer scored"
-                dropped.append(c.c.last_run_id < sa.literal_column(str(int(latest))))
+        if mirror and latest is not None:  # no succeeded run yet: nobody is "no longer scored"
+            dropped.append(c.c.last_run_id < sa.literal_column(str(int(latest))))
         if cutoff is not None:
             expired = list(conn.execute(sa.select(runs.c.id).where(runs.c.started_at < cutoff)).scalars())
             if expired:
                 dropped.append(c.c.last_run_id.in_([sa.literal_column(str(int(i))) for i in expired]))
-        source: Any = v.outerjoin(d, acknowledged)
+        if candidates is not None and self._dialect == "postgresql":
+            return self._candidate_changes_query(destination, candidates, dropped)
+        source: Any = v
+        if candidates is not None:
+            source = candidates.join(v, v.c.customer_id == candidates.c.customer_id)
+        source = source.outerjoin(d, acknowledged)
         num: Any = v.c.num_value
         text: Any = v.c.text_value
         if dropped:
             source = source.outerjoin(c, c.c.customer_id == v.c.customer_id)
-            # Integers inline (not bound): the query is rendered to text for the driver's cursor.
+            # Integers inline (not bound): few, and the plan does not depend on them.
             keep = sa.not_(sa.func.coalesce(sa.or_(*dropped), sa.false()))
             num = sa.case((keep, v.c.num_value), else_=sa.null())
             text = sa.case((keep, v.c.text_value), else_=sa.null())
@@ -1505,25 +1719,191 @@ class AttributeStore:
             sa.select(v.c.customer_id, v.c.attribute, num, text)
             .select_from(source)
             .where(sa.or_(num.is_distinct_from(d.c.num_value), text.is_distinct_from(d.c.text_value)))
-            .order_by(v.c.customer_id, v.c.attribute)
         )
+
+    @staticmethod
+    def _candidate_changes_query(destination: str, candidates: sa.Table, dropped: list[Any]) -> Any:
+        """PostgreSQL: the comparison per candidate as one merge of its values with its acknowledged state.
+
+        Two index range scans per customer (its values, its state at the destination) instead of one index lookup
+        per value: a fifth of the work of the plain join when few customers are compared.
+        """
+        v, d, c = s.attribute_values, s.destination_state, s.customers
+        pair = (
+            sa.select(
+                v.c.customer_id,
+                v.c.attribute,
+                v.c.num_value,
+                v.c.text_value,
+                d.c.num_value.label("acked_num"),
+                d.c.text_value.label("acked_text"),
+            )
+            .select_from(
+                v.outerjoin(
+                    d,
+                    sa.and_(
+                        d.c.destination == destination,
+                        d.c.customer_id == candidates.c.customer_id,
+                        d.c.attribute == v.c.attribute,
+                    ),
+                )
+            )
+            .where(v.c.customer_id == candidates.c.customer_id)
+            .lateral("pair")
+        )
+        source: Any = candidates.join(pair, sa.true())
+        num: Any = pair.c.num_value
+        text: Any = pair.c.text_value
+        if dropped:
+            source = source.join(c, c.c.customer_id == candidates.c.customer_id)
+            keep = sa.not_(sa.func.coalesce(sa.or_(*dropped), sa.false()))
+            num = sa.case((keep, pair.c.num_value), else_=sa.null())
+            text = sa.case((keep, pair.c.text_value), else_=sa.null())
+        return (
+            sa.select(pair.c.customer_id, pair.c.attribute, num, text)
+            .select_from(source)
+            .where(sa.or_(num.is_distinct_from(pair.c.acked_num), text.is_distinct_from(pair.c.acked_text)))
+        )
+
+    def _prepare_selection(self, conn: Connection, destination: str, *, mirror: bool, cutoff: datetime | None) -> None:
+        """Compute the selection into the temporary ``churnsync_selected``, and move the destination's watermark.
+
+        Change-driven when the destination has a watermark from a selection with the same policy: the candidates
+        are the customers marked by writes since (new, changed, back after a gap), those its last selection left
+        pending (not yet acknowledged: failed, crashed, partial, quarantined or skipped sends), and those the
+        policy drops since (mirror: last scored before the latest succeeded run but not before the watermark's;
+        TTL: last scored by a run that expired since). Otherwise (first selection, or a policy that changed) every
+        current value is compared. Either way the result is exact: the candidates are compared value by value
+        with what the destination acknowledged. The customers returned become the destination's pending set.
+        """
+        c, runs, w, pend, counters = (
+            s.customers,
+            s.prediction_runs,
+            s.selection_watermarks,
+            s.selection_pending,
+            s.store_counters,
+        )
+        mode = "mirror" if mirror else "upsert"
+        if self._dialect == "postgresql":
+            self._tune_bulk_transaction(conn)
+        # Wait for a write in progress (it holds this row) so that its marks are all visible or all later.
+        counter = sa.select(counters.c.value).where(counters.c.name == CHANGES_COUNTER)
+        seq_now = conn.execute(counter.with_for_update() if self._dialect == "postgresql" else counter).scalar()
+        seq_now = int(seq_now or 0)
+        latest = conn.execute(sa.select(sa.func.max(runs.c.id)).where(runs.c.status == "succeeded")).scalar()
+        mark = conn.execute(sa.select(w).where(w.c.destination == destination)).one_or_none()
+        full = (
+            mark is None
+            or mark.mode != mode
+            or (mark.cutoff is None) != (cutoff is None)
+            or (cutoff is not None and mark.cutoff is not None and cutoff < mark.cutoff)
+            or (latest or 0) < (mark.latest_run_id or 0)
+        )
+        temp = "pg_temp" if self._dialect == "postgresql" else "temp"
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {temp}.churnsync_selected")
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {temp}.churnsync_candidates")
+        _selected.create(conn)
+        candidates: sa.Table | None = None
+        if not full:
+            assert mark is not None
+            _candidates.create(conn)
+            sources: list[Any] = [
+                sa.select(c.c.customer_id).where(c.c.changed_seq > int(mark.changed_seq)),
+                sa.select(pend.c.customer_id).where(pend.c.destination == destination),
+            ]
+            if mirror and latest is not None and latest > (mark.latest_run_id or 0):
+                since = [c.c.last_run_id >= int(mark.latest_run_id)] if mark.latest_run_id is not None else []
+                sources.append(sa.select(c.c.customer_id).where(c.c.last_run_id < int(latest), *since))
+            if cutoff is not None and mark.cutoff is not None and cutoff > mark.cutoff:
+                expired_since = sa.select(runs.c.id).where(runs.c.started_at >= mark.cutoff, runs.c.started_at < cutoff)
+                sources.append(sa.select(c.c.customer_id).where(c.c.last_run_id.in_(expired_since)))
+            conn.execute(_candidates.insert().from_select(["customer_id"], sa.union(*sources)))
+            # Counted, not the INSERT's rowcount: psycopg reports -1 for an INSERT ... SELECT sent this way.
+            picked = conn.execute(sa.select(sa.func.count()).select_from(_candidates)).scalar_one()
+            if self._dialect == "postgresql":
+                total = conn.exec_driver_sql(
+                    "SELECT reltuples FROM pg_class WHERE oid = to_regclass('customers')"
+                ).scalar()
+            else:
+                total = conn.execute(sa.select(sa.func.count()).select_from(c)).scalar()
+            # Many candidates (e.g. right after a sync of everyone, whose customers are all pending): one pass over
+            # every value costs less than looking each candidate up.
+            candidates = _candidates if picked < SELECT_LOOKUP_SHARE * max(float(total or 0), 1.0) else None
+            if self._dialect == "postgresql" and candidates is not None:
+                conn.exec_driver_sql("ANALYZE pg_temp.churnsync_candidates")
+                # Few candidates: look their rows up by key. Statistics of destination_state lag behind a sync's
+                # many small commits until autovacuum analyses it, and a plan that hashes the whole acknowledged
+                # state would read every row this selection exists to skip.
+                conn.exec_driver_sql("SET LOCAL enable_hashjoin = off")
+        if self._dialect == "postgresql" and candidates is None:
+            self._refresh_statistics(conn, "attribute_values", "destination_state")
+        query = self._changes_query(
+            conn, destination, mirror=mirror, cutoff=cutoff, latest=latest, candidates=candidates
+        )
+        conn.execute(_selected.insert().from_select(["customer_id", "attribute", "num_value", "text_value"], query))
+        conn.execute(pend.delete().where(pend.c.destination == destination))
+        conn.execute(
+            pend.insert().from_select(
+                ["destination", "customer_id"],
+                sa.select(sa.literal(destination, s.key_type(100)), _selected.c.customer_id).distinct(),
+            )
+        )
+        values = {
+            "changed_seq": seq_now,
+            "mode": mode,
+            "latest_run_id": latest,
+            "cutoff": cutoff,
+            "selected_at": self._now(),
+        }
+        if mark is None:
+            conn.execute(w.insert().values(destination=destination, **values))
+        else:
+            conn.execute(w.update().where(w.c.destination == destination).values(**values))
 
     def _stream_changes(
         self, destination: str, chunk_size: int, *, mirror: bool = False, cutoff: datetime | None = None
     ) -> Iterator[list[Change]]:
-        with self._transaction(f"select the changes for {destination}") as conn:
-            query = self._changes_query(conn, destination, mirror=mirror, cutoff=cutoff)
-            # Every parameter is a string or an integer: rendered inline, the query runs on the driver's own
-            # cursor (a server-side one on PostgreSQL), without SQLAlchemy's per-row result processing.
-            sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
-            driver: Any = conn.connection.driver_connection
-            cursor = driver.cursor(name="churnsync_changes") if self._dialect == "postgresql" else driver.cursor()
+        action = f"select the changes for {destination}"
+        temp = "pg_temp" if self._dialect == "postgresql" else "temp"
+        try:
+            conn = self._engine.connect()
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._error(action, exc) from exc
+        try:
             try:
-                cursor.execute(sql)
-                yield from self._group_changes(cursor, chunk_size)
+                # A write transaction (SQLite: BEGIN IMMEDIATE) that also moves the watermark; the stream then
+                # reads the computed result on the same connection, so batches may be recorded meanwhile.
+                conn.execution_options(churnsync_write=True)
+                with conn.begin():
+                    self._prepare_selection(conn, destination, mirror=mirror, cutoff=cutoff)
+                conn.execution_options(churnsync_write=False)
+                with conn.begin():
+                    driver: Any = conn.connection.driver_connection
+                    postgres = self._dialect == "postgresql"
+                    if postgres:
+                        self._tune_bulk_transaction(conn)
+                    # The driver's own cursor (a server-side one on PostgreSQL), without SQLAlchemy's per-row work.
+                    cursor = driver.cursor(name="churnsync_changes") if postgres else driver.cursor()
+                    try:
+                        cursor.execute(
+                            "SELECT customer_id, attribute, num_value, text_value "
+                            f"FROM {temp}.churnsync_selected ORDER BY customer_id, attribute"
+                        )
+                        yield from self._group_changes(cursor, chunk_size)
+                    finally:
+                        # Closed explicitly: a consumer that stops early must not leave a server cursor open.
+                        cursor.close()
             finally:
-                # Closed explicitly: a consumer that stops early must not leave PostgreSQL's server cursor open.
-                cursor.close()
+                if not conn.invalidated:
+                    with conn.begin():
+                        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {temp}.churnsync_selected")
+                        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {temp}.churnsync_candidates")
+        except sa.exc.SQLAlchemyError as exc:
+            if _while_closing(exc):
+                return  # the consumer closed the stream (it failed itself, or exits): its clean-up has nobody to tell
+            raise self._error(action, exc) from exc
+        finally:
+            conn.close()
 
     @staticmethod
     def _group_changes(cursor: Any, chunk_size: int) -> Iterator[list[Change]]:
@@ -1546,6 +1926,16 @@ class AttributeStore:
             chunk.append(Change(customer, values))
         if chunk:
             yield chunk
+
+
+def _while_closing(exc: BaseException) -> bool:
+    """True when ``exc`` was raised while a generator was being closed (``GeneratorExit`` in its context chain)."""
+    seen: BaseException | None = exc.__context__
+    while seen is not None:
+        if isinstance(seen, GeneratorExit):
+            return True
+        seen = seen.__context__
+    return False
 
 
 __all__ = ["AttributeStore", "CompactSummary", "HistoryEntry", "WriteSummary", "alembic_config"]

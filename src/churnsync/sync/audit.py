@@ -85,7 +85,11 @@ def audit_destination(
     state = ledger.sample_acknowledged(store, name, sample, seed)
     prefix, rename = destination.attribute_prefix, destination.attribute_rename
     report = AuditReport(destination=name, sampled=len(state))
-    url = destination.endpoint.rstrip("/") + "/users/export/ids"
+    from churnsync.sync.braze import track_url
+
+    # The same guard as the sync: never the key over plain http beyond localhost unless explicitly allowed.
+    url = track_url(destination.endpoint, name, allow_http=destination.allow_insecure_http).removesuffix("/track")
+    url += "/export/ids"
     interval = 60.0 / requests_per_minute
     ids = list(state)
     next_at = clock()

@@ -41,7 +41,7 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
@@ -671,6 +671,9 @@ def build_app(config: EmulatorConfig, state: EmulatorState | None = None) -> Sta
         state.enter()
         try:
             return await handle_track(request)
+        except ClientDisconnect:
+            # The client gave up (its timeout) before its body arrived: nothing was applied, nobody to answer.
+            return Response(status_code=499)
         finally:
             state.leave()
 

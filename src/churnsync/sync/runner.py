@@ -14,8 +14,18 @@ transaction that also marks its journal row acknowledged, so after a kill -9 at 
 selects exactly what was not acknowledged, and :func:`churnsync.store.ledger.recover_in_doubt` reports the
 requests that were in flight (the only possible duplicates).
 
-``CHURNSYNC_TEST_CRASH_AFTER_ACK=SEQ`` makes the process kill itself (SIGKILL) when batch ``SEQ`` has been
-acknowledged by Braze but before that is committed: the crash tests use it. It does nothing otherwise.
+Before anything leaves, each object is checked against Braze's rules for custom attributes
+(:func:`check_changes`): a name Braze would refuse or read as a standard profile field stops the run with a
+:class:`~churnsync.errors.ConfigError`; a value Braze would refuse (a string over 255 characters, a type it
+has no attribute for) fails only that customer, who is recorded and quarantined like a refusal by Braze.
+
+Test hooks (environment only, off unless set; no setting of the configuration reaches them), used by the
+crash tests (tests/chaos) to kill the process with SIGKILL at a named point:
+
+- ``CHURNSYNC_TEST_CRASH_AFTER_ACK=SEQ``: batch ``SEQ`` was acknowledged by Braze, nothing committed yet.
+- ``CHURNSYNC_TEST_CRASH_AT=POINT:N``: ``select:N`` when the selection yields its N-th customer (batches
+  before it may be in flight), ``intended:N`` once batch N's journal row is committed and before its request
+  is sent, ``ack:N`` as ``CHURNSYNC_TEST_CRASH_AFTER_ACK=N``.
 """
 
 from __future__ import annotations
@@ -26,13 +36,13 @@ import signal
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from churnsync.config import BrazeDestination
-from churnsync.errors import ChurnsyncError, SyncError
-from churnsync.records import BatchOutcome, Change, SyncCounts
+from churnsync.errors import ChurnsyncError, ConfigError, SyncError
+from churnsync.records import BatchOutcome, Change, ObjectFailure, SyncCounts
 from churnsync.store import ledger
 
 if TYPE_CHECKING:
@@ -40,9 +50,32 @@ if TYPE_CHECKING:
 
     from churnsync.store.store import AttributeStore
 
-__all__ = ["BudgetExceededError", "DryRunSummary", "SyncResult", "plan_changes", "run_sync", "write_dry_run"]
+__all__ = [
+    "BudgetExceededError",
+    "DryRunSummary",
+    "SyncResult",
+    "check_changes",
+    "plan_changes",
+    "run_sync",
+    "write_dry_run",
+]
 
 CRASH_AFTER_ACK_ENV = "CHURNSYNC_TEST_CRASH_AFTER_ACK"
+CRASH_AT_ENV = "CHURNSYNC_TEST_CRASH_AT"
+
+#: Names a custom attribute may not have: Braze's standard profile fields, identifiers, and its own keys.
+RESERVED_ATTRIBUTE_NAMES = frozenset(
+    {
+        "country", "current_location", "date_of_first_session", "date_of_last_session", "dob", "email",
+        "email_click_tracking_disabled", "email_open_tracking_disabled", "email_subscribe", "facebook",
+        "first_name", "gender", "home_city", "image_url", "language", "last_name", "marked_email_as_spam_at",
+        "phone", "push_subscribe", "push_tokens", "subscription_groups", "time_zone", "twitter",
+        "external_id", "user_alias", "braze_id", "_update_existing_only", "_merge_objects",
+    }
+)  # fmt: skip
+#: Braze's limits on a custom attribute's name and on a string value (characters).
+MAX_NAME_LENGTH = 255
+MAX_STRING_LENGTH = 255
 
 
 class BudgetExceededError(SyncError):
@@ -57,6 +90,8 @@ class Selection:
     skipped_budget_customers: int = 0
     skipped_budget_points: int = 0
     budget: int | None = None
+    #: Customers whose values break Braze's rules: customer id → (reason, values hash); never sent.
+    refused: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -163,7 +198,78 @@ def _only(chunks: Iterable[list[Change]], priority: frozenset[str], wanted: bool
             yield kept
 
 
-def plan_changes(
+def _name_problem(sent: str) -> str | None:
+    """Why Braze would refuse ``sent`` as a custom attribute name (or read it as something else), or None."""
+    if not sent:
+        return "is empty"
+    if len(sent) > MAX_NAME_LENGTH:
+        return f"is longer than {MAX_NAME_LENGTH} characters"
+    if sent[0] == "$":
+        return "starts with '$'"
+    if sent in RESERVED_ATTRIBUTE_NAMES:
+        return "is a standard Braze profile field or identifier, which a prediction must never overwrite"
+    return None
+
+
+def _value_problem(attribute: str, value: Any) -> str | None:
+    """Why Braze would refuse ``value`` for a custom attribute, or None (numbers, short strings, null, times)."""
+    kind = type(value)
+    if kind is float or kind is int or kind is bool or value is None:
+        return None  # NaN and infinity are refused by the client's encoder, alone
+    if kind is str:
+        if len(value) > MAX_STRING_LENGTH:
+            return f"invalid_value: '{attribute}' is longer than {MAX_STRING_LENGTH} characters ({len(value)})"
+        return None
+    if isinstance(value, datetime | date):
+        return None
+    if isinstance(value, list | tuple) and all(type(v) is str and len(v) <= MAX_STRING_LENGTH for v in value):
+        return None
+    return f"invalid_value: '{attribute}' is a {kind.__name__}, not a number, string, boolean, time or array"
+
+
+def check_changes(
+    chunks: Iterable[list[Change]], name: str, destination: BrazeDestination, selection: Selection
+) -> Iterator[list[Change]]:
+    """``chunks`` without the customers whose values Braze would refuse (kept in ``selection.refused``).
+
+    Raises :class:`~churnsync.errors.ConfigError` for an attribute whose sent name (after ``attribute_prefix``
+    and ``attribute_rename``) Braze refuses or would read as a standard profile field: every customer has it.
+    """
+    prefix, rename = destination.attribute_prefix, destination.attribute_rename
+    named: set[str] = set()
+    for chunk in chunks:
+        kept = []
+        for change in chunk:
+            values = change.values
+            if not named.issuperset(values):
+                for attribute in values:
+                    sent = prefix + rename.get(attribute, attribute)
+                    problem = _name_problem(sent)
+                    if problem is not None:
+                        raise ConfigError(
+                            f"destination '{name}': attribute '{attribute}' would be sent as {sent[:60]!r}, "
+                            f"which {problem}; nothing more was sent",
+                            remedy="Map it to another name with attribute_rename or attribute_prefix, or leave it "
+                            "out with attributes_exclude",
+                        )
+                    named.add(attribute)
+            reason = None
+            for attribute, value in values.items():
+                # The common cases first, cheaply: numbers, short strings, nulls.
+                if type(value) is float or (type(value) is str and len(value) <= MAX_STRING_LENGTH) or value is None:
+                    continue
+                reason = _value_problem(attribute, value)
+                if reason is not None:
+                    break
+            if reason is None:
+                kept.append(change)
+            else:
+                selection.refused[change.customer_id] = (reason, ledger.values_hash(change.values))
+        if kept:
+            yield kept
+
+
+def _planned(
     store: AttributeStore,
     name: str,
     destination: BrazeDestination,
@@ -171,12 +277,7 @@ def plan_changes(
     now: datetime | None,
     selection: Selection,
 ) -> Iterator[list[Change]]:
-    """The changes one run sends, filtered, without quarantined objects, and within the data-point budget.
-
-    With a budget and ``budget_policy = "prioritise"``, customers with a change of a priority attribute
-    (``churn_risk`` by default) go first, then the others, until the budget is spent. With ``"stop"``, a
-    run that does not fit raises :class:`BudgetExceededError` before anything is sent.
-    """
+    """:func:`plan_changes` before the check against Braze's rules."""
     quarantine = ledger.quarantined(store, name)
     selection.budget = _budget(store, name, destination, now or datetime.now(UTC))
 
@@ -212,6 +313,24 @@ def plan_changes(
     return prioritised()
 
 
+def plan_changes(
+    store: AttributeStore,
+    name: str,
+    destination: BrazeDestination,
+    *,
+    now: datetime | None,
+    selection: Selection,
+) -> Iterator[list[Change]]:
+    """The changes one run sends, filtered, without quarantined objects, and within the data-point budget.
+
+    With a budget and ``budget_policy = "prioritise"``, customers with a change of a priority attribute
+    (``churn_risk`` by default) go first, then the others, until the budget is spent. With ``"stop"``, a
+    run that does not fit raises :class:`BudgetExceededError` before anything is sent. Customers whose values
+    break Braze's rules are left out and kept in ``selection.refused`` (:func:`check_changes`).
+    """
+    return check_changes(_planned(store, name, destination, now=now, selection=selection), name, destination, selection)
+
+
 # -- dry run -----------------------------------------------------------------------------------------------------
 
 
@@ -223,8 +342,9 @@ def write_dry_run(
     The summary (not the payloads) is recorded in the store (:func:`churnsync.store.ledger.record_dry_run`) for
     the dashboard; no sync state changes.
     """
-    from churnsync.sync.braze import batches, encode_payload
+    from churnsync.sync.braze import batches, encode_payload, track_url
 
+    track_url(destination.endpoint, name, allow_http=destination.allow_insecure_http)  # refused as a real run would
     summary = DryRunSummary()
     by_attribute: Counter[str] = Counter()
     prefix, rename = destination.attribute_prefix, destination.attribute_rename
@@ -265,6 +385,26 @@ def _crash_after_ack() -> int | None:
     return int(value) if value and value.lstrip("-").isdigit() else None
 
 
+def _crash_at(point: str) -> int | None:
+    """N of ``CHURNSYNC_TEST_CRASH_AT=POINT:N`` when it names ``point`` (a test hook; None otherwise)."""
+    named, _, value = os.environ.get(CRASH_AT_ENV, "").partition(":")
+    return int(value) if named == point and value.isdigit() else None
+
+
+def _crash() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)  # test hook only (see the module docstring)
+
+
+def _crash_at_customer(chunks: Iterator[list[Change]], n: int) -> Iterator[list[Change]]:
+    seen = 0
+    for chunk in chunks:
+        if seen + len(chunk) > n:
+            yield chunk[: n - seen]
+            _crash()
+        seen += len(chunk)
+        yield chunk
+
+
 def run_sync(
     store: AttributeStore,
     name: str,
@@ -293,6 +433,12 @@ def run_sync(
     sent: dict[int, list[Change]] = {}  # batches in flight, for the values of refused customers
     failed: dict[str, tuple[str, str]] = {}
     crash_at = _crash_after_ack()
+    if crash_at is None:
+        crash_at = _crash_at("ack")
+    crash_intended = _crash_at("intended")
+    crash_select = _crash_at("select")
+    if crash_select is not None:
+        chunks = _crash_at_customer(chunks, crash_select)
 
     def on_send(seq: int, changes: list[Change], body: bytes) -> None:
         sent[seq] = changes
@@ -305,10 +451,12 @@ def run_sync(
             body=body,
             data_points=sum(len(c.values) for c in changes),
         )
+        if crash_intended is not None and seq == crash_intended:
+            _crash()  # test hook: journaled as intended, not sent
 
     def on_batch(outcome: BatchOutcome) -> None:
         if crash_at is not None and outcome.seq == crash_at:
-            os.kill(os.getpid(), signal.SIGKILL)  # test hook: Braze acknowledged, nothing committed yet
+            _crash()  # test hook: Braze acknowledged, nothing committed yet
         changes = sent.pop(outcome.seq, [])
         if outcome.failed:
             values = {c.customer_id: c.values for c in changes}
@@ -328,6 +476,12 @@ def run_sync(
         on_send=on_send,
         transport=transport,
     )
+    if selection.refused:  # never sent: Braze's rules refused them here (check_changes)
+        failed.update(selection.refused)
+        refusals = [ObjectFailure(customer_id, reason) for customer_id, (reason, _) in selection.refused.items()]
+        counts.selected += len(refusals)
+        counts.failed += len(refusals)
+        counts.failures.extend(refusals)
     newly = ledger.record_run_failures(
         store, name, sync_run_id, failed, quarantine_after=destination.quarantine_after_runs
     )
@@ -344,5 +498,6 @@ def summary_json(summary: DryRunSummary) -> str:
         "skipped_quarantined": summary.selection.skipped_quarantined,
         "skipped_budget_customers": summary.selection.skipped_budget_customers,
         "budget": summary.selection.budget,
+        "refused": len(summary.selection.refused),
     }
     return json.dumps(body, indent=2)

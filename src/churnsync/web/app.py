@@ -537,6 +537,7 @@ def _registry(settings: Settings | None) -> dict[str, Any]:
         history.append(
             {
                 "version": v.get("version"),
+                "prediction": v.get("prediction_name"),  # issue 3: several predictions side by side
                 "created_at": v.get("created_at"),
                 "champion": v.get("champion"),
                 "in_service": v.get("in_service"),

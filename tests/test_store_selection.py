@@ -1,0 +1,272 @@
+"""Change-driven selection stays exact: what it must not miss, checked against a brute-force reference (both engines).
+
+After a destination's first selection, the store compares only candidate customers (marked by writes since its
+watermark, left pending by earlier selections, or newly dropped by the mirror / TTL policy). These tests drive the
+situations where a candidate set could miss someone and compare every selection with a reference computed in
+Python from the current values, the acknowledged state and who was scored when.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+
+from churnsync.config import AttributeRule, AttributeSettings
+from churnsync.records import BatchOutcome, Change, ObjectFailure, Value
+from churnsync.store import AttributeStore
+from churnsync.store import store as store_module
+from test_store import Clock
+
+RULES = AttributeSettings(rules={"p": AttributeRule(round=2, abs_tolerance=0.02)})
+
+
+@pytest.fixture(autouse=True, params=["by-candidates", "compare-all"])
+def lookup_share(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a selection can go: candidates looked up (whatever their share), or every value compared.
+
+    With few customers, the candidates are often above the share that switches to comparing everyone, so each
+    test runs once with the switch off and once with it always on.
+    """
+    monkeypatch.setattr(store_module, "SELECT_LOOKUP_SHARE", 2.0 if request.param == "by-candidates" else 0.0)
+    return str(request.param)
+
+
+@pytest.fixture
+def clock(fixed_now: datetime) -> Clock:
+    return Clock(fixed_now)
+
+
+@pytest.fixture
+def store(store_url: str, clock: Clock) -> Iterator[AttributeStore]:
+    with AttributeStore.open(store_url, clock=clock) as opened:
+        yield opened
+
+
+@pytest.fixture
+def db(store_url: str, store: AttributeStore) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(store_url)
+    yield engine
+    engine.dispose()
+
+
+def write(store: AttributeStore, rows: dict[str, dict[str, Any]], *, status: str = "succeeded") -> int:
+    """One prediction run scoring exactly ``rows`` (customer -> {"p": float, "tier": str})."""
+    run = store.start_prediction_run(as_of=store._now(), horizon_days=30, model_version="m", details={})
+    ids = sorted(rows)
+    table = pa.table(
+        {
+            "customer_id": pa.array(ids, pa.string()),
+            "p": pa.array([rows[i]["p"] for i in ids], pa.float64()),
+            "tier": pa.array([rows[i]["tier"] for i in ids], pa.string()),
+        }
+    )
+    store.write_predictions(run, table, RULES)
+    store.finish_prediction_run(run, status=status, summary={})
+    return run
+
+
+def select(store: AttributeStore, destination: str, **policy: Any) -> dict[str, dict[str, Value]]:
+    return {c.customer_id: dict(c.values) for chunk in store.select_changes(destination, **policy) for c in chunk}
+
+
+def sync(
+    store: AttributeStore,
+    destination: str,
+    *,
+    accept: Callable[[str], bool] = lambda _c: True,
+    fail: Callable[[str], bool] = lambda _c: False,
+    **policy: Any,
+) -> dict[str, dict[str, Value]]:
+    """A sync run: ``accept``-ed customers acknowledged, ``fail``-ed refused, the rest never sent (a crash)."""
+    selected = [c for chunk in store.select_changes(destination, **policy) for c in chunk]
+    run = store.start_sync_run(destination, prediction_run_id=None)
+    accepted = [c for c in selected if accept(c.customer_id) and not fail(c.customer_id)]
+    failed = [ObjectFailure(c.customer_id, "refused") for c in selected if fail(c.customer_id)]
+    if accepted or failed:
+        store.record_batch(
+            run, destination, BatchOutcome(seq=0, accepted=accepted, failed=failed, http_status=201, attempts=1)
+        )
+    return {c.customer_id: dict(c.values) for c in selected}
+
+
+def reference(
+    store: AttributeStore, db: sa.Engine, destination: str, *, mode: str = "upsert", ttl: timedelta | None = None
+) -> dict[str, dict[str, Value]]:
+    """What must be selected, from first principles: wanted value (policy applied) != acknowledged value."""
+    runs = {r["id"]: r for r in store.prediction_runs(limit=10_000)}
+    succeeded = [i for i, r in runs.items() if r["status"] == "succeeded"]
+    latest = max(succeeded) if succeeded else None
+    with db.connect() as conn:
+        last_run = dict(conn.execute(sa.text("SELECT customer_id, last_run_id FROM customers")).all())
+    cutoff = None if ttl is None else store._now() - ttl
+    acked = store.acknowledged_state(destination)
+    expected: dict[str, dict[str, Value]] = {}
+    for customer, values in store.current_values().items():
+        scored_by = last_run[customer]
+        dropped = (mode == "mirror" and latest is not None and scored_by < latest) or (
+            cutoff is not None and runs[scored_by]["started_at"] < cutoff
+        )
+        for attribute, value in values.items():
+            wanted = None if dropped else value
+            if wanted != acked.get(customer, {}).get(attribute):
+                expected.setdefault(customer, {})[attribute] = wanted
+    return expected
+
+
+def has_watermark(db: sa.Engine, destination: str) -> bool:
+    with db.connect() as conn:
+        query = sa.text("SELECT count(*) FROM selection_watermarks WHERE destination = :d")
+        return bool(conn.execute(query, {"d": destination}).scalar_one())
+
+
+ROWS = {
+    "a": {"p": 0.10, "tier": "low"},
+    "b": {"p": 0.50, "tier": "medium"},
+    "c": {"p": 0.90, "tier": "high"},
+}
+
+
+def test_a_failed_sync_then_a_run_without_changes_still_resends_what_was_not_acknowledged(
+    store: AttributeStore, db: sa.Engine
+) -> None:
+    write(store, ROWS)
+    # a acknowledged, b refused by the destination, c never sent (the process died).
+    first = sync(store, "braze", accept=lambda c: c == "a", fail=lambda c: c == "b")
+    assert set(first) == {"a", "b", "c"} and has_watermark(db, "braze")
+    write(store, ROWS)  # the same predictions: nothing changes, nobody is marked
+    assert select(store, "braze") == {"b": ROWS["b"], "c": ROWS["c"]}
+    # Still pending after a selection that nobody acknowledged (a dry run, a budget stop, a quarantine skip).
+    assert select(store, "braze") == {"b": ROWS["b"], "c": ROWS["c"]}
+    sync(store, "braze")
+    assert select(store, "braze") == {}
+    write(store, ROWS)
+    assert select(store, "braze") == {}
+
+
+def test_a_ttl_expiry_without_a_new_run_nulls_out(store: AttributeStore, clock: Clock) -> None:
+    write(store, ROWS)
+    sync(store, "braze", ttl=timedelta(days=7))
+    assert select(store, "braze", ttl=timedelta(days=7)) == {}
+    clock.advance(days=8)  # no run since: every prediction is older than the TTL
+    nulls = {c: {"p": None, "tier": None} for c in ROWS}
+    assert select(store, "braze", ttl=timedelta(days=7)) == nulls
+    sync(store, "braze", ttl=timedelta(days=7))
+    assert select(store, "braze", ttl=timedelta(days=7)) == {}
+    # Scored again with unchanged values: no value changed, but the destination must get them back.
+    write(store, {"a": ROWS["a"]})
+    assert select(store, "braze", ttl=timedelta(days=7)) == {"a": ROWS["a"]}
+    # A longer TTL brings the others back too (a policy change compares everyone).
+    assert select(store, "braze", ttl=timedelta(days=30)) == {"a": ROWS["a"], "b": ROWS["b"], "c": ROWS["c"]}
+
+
+def test_mirror_drops_and_brings_back_customers_without_value_changes(store: AttributeStore) -> None:
+    write(store, ROWS)
+    sync(store, "braze", mode="mirror")
+    write(store, {"a": ROWS["a"], "c": ROWS["c"]})  # b no longer scored; nobody's values changed
+    assert select(store, "braze", mode="mirror") == {"b": {"p": None, "tier": None}}
+    sync(store, "braze", mode="mirror")
+    write(store, {"a": ROWS["a"], "c": ROWS["c"]})
+    assert select(store, "braze", mode="mirror") == {}
+    write(store, ROWS)  # b is back, with the values it had
+    assert select(store, "braze", mode="mirror") == {"b": ROWS["b"]}
+
+
+def test_a_destination_added_later_gets_everyone_and_two_destinations_keep_their_own_point(
+    store: AttributeStore, db: sa.Engine
+) -> None:
+    write(store, ROWS)
+    sync(store, "braze")
+    changed = {**ROWS, "a": {"p": 0.40, "tier": "low"}}
+    write(store, changed)
+    assert select(store, "braze") == {"a": {"p": 0.40}}
+    assert not has_watermark(db, "braze-eu")
+    assert select(store, "braze-eu") == changed  # never synced: everyone, every attribute
+    sync(store, "braze-eu")
+    # braze has not acknowledged a's change yet; braze-eu has everything.
+    assert select(store, "braze") == {"a": {"p": 0.40}}
+    assert select(store, "braze-eu") == {}
+    write(store, {**changed, "d": {"p": 0.2, "tier": "low"}})
+    assert select(store, "braze") == {"a": {"p": 0.40}, "d": {"p": 0.2, "tier": "low"}}
+    assert select(store, "braze-eu") == {"d": {"p": 0.2, "tier": "low"}}
+
+
+@pytest.mark.parametrize("lookup_share", ["by-candidates"], indirect=True)
+def test_selection_compares_only_candidates_once_a_destination_has_a_watermark(
+    store: AttributeStore, db: sa.Engine
+) -> None:
+    """The mechanism itself: a change made behind the store's back is not seen until a full comparison."""
+    write(store, ROWS)
+    sync(store, "braze")
+    assert select(store, "braze") == {}  # everything acknowledged: nothing pending any more
+    with db.begin() as conn:  # not a path churnsync takes: only to show which rows a selection reads
+        conn.execute(
+            sa.text(
+                "UPDATE destination_state SET text_value = 'tampered' WHERE customer_id = 'c' AND attribute = 'tier'"
+            )
+        )
+    write(store, {**ROWS, "a": {"p": 0.40, "tier": "low"}})
+    assert select(store, "braze") == {"a": {"p": 0.40}}  # c is not a candidate: not read
+    # A new policy compares everyone again.
+    assert select(store, "braze", mode="mirror") == {"a": {"p": 0.40}, "c": {"tier": "high"}}
+
+
+def test_a_streamed_write_marks_like_a_whole_one(store: AttributeStore) -> None:
+    write(store, ROWS)
+    sync(store, "braze")
+    run = store.start_prediction_run(as_of=store._now(), horizon_days=30, model_version="m", details={})
+    chunks = [
+        pa.table({"customer_id": ["a"], "p": [0.45], "tier": ["low"]}),
+        pa.table({"customer_id": ["b", "c"], "p": [0.5, 0.9], "tier": ["medium", "low"]}).to_batches()[0],
+    ]
+    summary = store.write_predictions(run, iter(chunks), RULES)
+    store.finish_prediction_run(run, status="succeeded", summary={})
+    assert summary.customers_scored == 3 and summary.values_changed == 2
+    assert select(store, "braze") == {"a": {"p": 0.45}, "c": {"tier": "low"}}
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_random_runs_syncs_and_failures_select_exactly_the_reference(
+    store: AttributeStore, db: sa.Engine, clock: Clock, seed: int
+) -> None:
+    """Writes (some customers dropped, some back, some failed runs), partial syncs and time passing, two policies."""
+    rng = random.Random(seed)
+    customers = [f"c{i:02d}" for i in range(24)]
+    values = {c: {"p": round(rng.random(), 2), "tier": rng.choice(["low", "high"])} for c in customers}
+    policies: dict[str, dict[str, Any]] = {
+        "mirror-ttl": {"mode": "mirror", "ttl": timedelta(days=5)},
+        "upsert": {"mode": "upsert"},
+    }
+    for step in range(14):
+        action = rng.choice(["write", "write", "sync", "sync", "time"])
+        if action == "write":
+            for c in rng.sample(customers, 6):
+                values[c] = {
+                    "p": round(min(1.0, max(0.0, values[c]["p"] + rng.choice([-0.01, 0.01, 0.3, -0.3]))), 2),
+                    "tier": rng.choice(["low", "high", values[c]["tier"]]),
+                }
+            scored = rng.sample(customers, rng.randint(12, 24))
+            write(store, {c: values[c] for c in scored}, status=rng.choice(["succeeded", "succeeded", "failed"]))
+        elif action == "time":
+            clock.advance(days=rng.choice([1, 3, 6]))
+        else:
+            name = rng.choice(sorted(policies))
+            accepted = set(rng.sample(customers, 16))
+            refused = set(rng.sample(customers, 3))
+            sync(store, name, accept=accepted.__contains__, fail=refused.__contains__, **policies[name])
+        if step == 7:
+            policies["late"] = {"mode": "upsert", "ttl": timedelta(days=4)}  # a destination added later
+        for name, policy in policies.items():
+            assert select(store, name, **policy) == reference(store, db, name, **policy), (step, action, name)
+
+
+def test_the_selected_values_are_exactly_the_changes(store: AttributeStore) -> None:
+    write(store, ROWS)
+    selected = [c for chunk in store.select_changes("braze", chunk_size=2) for c in chunk]
+    assert [c.customer_id for c in selected] == ["a", "b", "c"]
+    assert all(isinstance(c, Change) for c in selected)
