@@ -57,6 +57,7 @@ EXTRA_ROWS = [
     ("x_null", "2025-05-05 12:00:00", "purchase", ""),  # exact duplicate
     ("x_null", "2025-10-01T08:00:00Z", " Email_Open ", ""),
     ("", "2025-05-05", "purchase", "1"),  # empty_customer_id
+    ("x" * 256, "2025-05-05", "purchase", "1"),  # bad_customer_id: longer than Braze's 255 characters
     ("x_bad", "not-a-date", "purchase", "1"),  # bad_timestamp
     ("x_bad", "2027-01-01", "purchase", "1"),  # future_timestamp
     ("x_bad", "2025-05-05", " ", "1"),  # empty_event_type
@@ -121,7 +122,8 @@ def test_spark_load_buckets_equal_the_duckdb_reader(spark_events: Any) -> None:
     try:
         for field in ("rows_read", "rows_loaded", "rows_rejected", "rows_after_as_of", "duplicates", "reject_reasons"):
             assert getattr(got, field) == getattr(want, field), field
-        reasons = ["empty_customer_id", "bad_timestamp", "future_timestamp", "empty_event_type", "bad_value"]
+        reasons = ["empty_customer_id", "bad_customer_id", "bad_timestamp", "future_timestamp", "empty_event_type"]
+        reasons.append("bad_value")
         assert got.reject_reasons == dict.fromkeys([*reasons, "negative_value"], 1)
         with Path(settings.data.rejects_path).open(encoding="utf-8") as f:
             rejects = list(csv.DictReader(f))

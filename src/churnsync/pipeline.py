@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -10,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 from churnsync.config import DEFAULT_PREDICTION, AttributeSettings, PredictionSpec, Settings
 from churnsync.errors import ChurnsyncError, DataError
 from churnsync.records import SyncCounts
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import threading
@@ -431,7 +434,12 @@ def sync_destination(
         )
         counts = result.counts
     except ChurnsyncError as exc:
-        store.finish_sync_run(sync_run_id, status="failed", counts=SyncCounts(), error=str(exc))
+        try:
+            store.finish_sync_run(sync_run_id, status="failed", counts=SyncCounts(), error=str(exc))
+        except ChurnsyncError:
+            # The store failing too (e.g. still locked) must not hide why the run failed: the run stays "running"
+            # and the next run marks it interrupted; the first error is the one to report.
+            log.debug("sync run %s could not be marked failed in the store", sync_run_id)
         raise
     status = "succeeded" if counts.failed == 0 else ("partial" if counts.accepted else "failed")
     error = None

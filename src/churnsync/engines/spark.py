@@ -195,6 +195,8 @@ def _canonical(frame: DataFrame, data: DataSettings, source: str, now: datetime)
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
+    from churnsync.events.reader import MAX_CUSTOMER_ID_LENGTH
+
     mapping = data.columns
     wanted = [mapping.customer_id, mapping.occurred_at, mapping.event_type]
     if mapping.value is not None:
@@ -230,6 +232,7 @@ def _canonical(frame: DataFrame, data: DataSettings, source: str, now: datetime)
     now_utc = now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
     reason = (
         F.when(customer.isNull() | (customer == ""), "empty_customer_id")
+        .when((F.length(customer) > MAX_CUSTOMER_ID_LENGTH) | customer.contains("\x00"), "bad_customer_id")
         .when(occurred.isNull(), "bad_timestamp")
         .when(occurred > F.lit(now_utc.isoformat(sep=" ")).cast("timestamp"), "future_timestamp")
         .when(event_type.isNull() | (event_type == ""), "empty_event_type")
@@ -556,29 +559,21 @@ def _service(
 ) -> tuple[str, ChurnModel] | None:
     """The churn model that scores prediction ``name``, trained first on the driver-side sample when needed, with
     the same rules and messages as :func:`churnsync.models.scoring.predict_attributes`."""
-    from churnsync.models.scoring import _service_model, train_churn_model
+    from churnsync.models.scoring import _service_model, churn_model_for
 
     if settings.model.kind != "ml":
         return None
-    service = None if retrain else _service_model(settings, name)
-    if service is not None:
-        return service
-    try:
-        version, published, reason = train_churn_model(
-            sample.connection(), cut.replace(tzinfo=None), settings, now=now, prediction=name
-        )
-    except DataError as exc:
-        service = _service_model(settings, name) if retrain else None
-        keeps = f"model {service[0]} keeps scoring" if service else "BG/NBD scores churn"
-        messages.append(f"no new churn model: {exc.message}; {keeps}")
-    else:
-        service = _service_model(settings, name)
-        if published:
-            messages.append(f"trained and published model {version}: {reason}")
-        else:
-            keeps = f"model {service[0]} keeps scoring" if service else "BG/NBD scores churn"
-            messages.append(f"trained model {version} was not published: {reason}; {keeps}")
-    return service
+    if not retrain and (service := _service_model(settings, name)) is not None:
+        return service  # no need to pull the training sample from Spark
+    return churn_model_for(
+        sample.connection(),
+        cut.replace(tzinfo=None),
+        settings,
+        now=now,
+        retrain=retrain,
+        prediction_name=name,
+        messages=messages,
+    )
 
 
 class _Sample:

@@ -32,6 +32,7 @@ __all__ = [
     "FIT_TIME_UNIT_DAYS",
     "Prediction",
     "assign_segments",
+    "churn_model_for",
     "expected_purchases_column",
     "fit_and_score",
     "model_version",
@@ -367,6 +368,40 @@ def _keep_population(table: pa.Table, mask: np.ndarray) -> pa.Table:
     return table
 
 
+def churn_model_for(
+    con: duckdb.DuckDBPyConnection,
+    cut: datetime,
+    settings: Settings,
+    *,
+    now: datetime | None,
+    retrain: bool,
+    prediction_name: str,
+    messages: list[str],
+) -> tuple[str, ChurnModel] | None:
+    """The learned churn model (version, model) that scores ``prediction_name``: the one in service, or one trained on
+    ``con``'s events first (always with ``retrain``) and gated; ``None`` when BG/NBD must score churn. What happened
+    is appended to ``messages``. Both engines call this (Spark with its driver-side training sample)."""
+    if settings.model.kind != "ml":
+        return None
+    service = None if retrain else _service_model(settings, prediction_name)
+    if service is not None:
+        return service
+    try:
+        version, published, reason = train_churn_model(con, cut, settings, now=now, prediction=prediction_name)
+    except DataError as exc:
+        service = _service_model(settings, prediction_name) if retrain else None
+        keeps = f"model {service[0]} keeps scoring" if service else "BG/NBD scores churn"
+        messages.append(f"no new churn model: {exc.message}; {keeps}")
+        return service
+    service = _service_model(settings, prediction_name)
+    if published:
+        messages.append(f"trained and published model {version}: {reason}")
+    else:
+        keeps = f"model {service[0]} keeps scoring" if service else "BG/NBD scores churn"
+        messages.append(f"trained model {version} was not published: {reason}; {keeps}")
+    return service
+
+
 def predict_attributes(
     con: duckdb.DuckDBPyConnection,
     cut: datetime,
@@ -388,23 +423,9 @@ def predict_attributes(
     prediction = settings.prediction
     messages: list[str] = []
     details: dict[str, Any] = {}
-    service: tuple[str, ChurnModel] | None = None
-    if settings.model.kind == "ml":
-        service = None if retrain else _service_model(settings, prediction_name)
-        if service is None:
-            try:
-                version, published, reason = train_churn_model(con, cut, settings, now=now, prediction=prediction_name)
-            except DataError as exc:
-                service = _service_model(settings, prediction_name) if retrain else None
-                keeps = f"model {service[0]} keeps scoring" if service else "BG/NBD scores churn"
-                messages.append(f"no new churn model: {exc.message}; {keeps}")
-            else:
-                service = _service_model(settings, prediction_name)
-                if published:
-                    messages.append(f"trained and published model {version}: {reason}")
-                else:
-                    keeps = f"model {service[0]} keeps scoring" if service else "BG/NBD scores churn"
-                    messages.append(f"trained model {version} was not published: {reason}; {keeps}")
+    service = churn_model_for(
+        con, cut, settings, now=now, retrain=retrain, prediction_name=prediction_name, messages=messages
+    )
     if service is None:
         table, model, rfm = fit_and_score(con, cut, prediction)
         version = model_version(model, prediction)

@@ -121,7 +121,8 @@ class EmulatorConfig:
     create_unknown_users: bool = False
     #: Profiles that exist in the workspace before anything is sent (as empty profiles).
     known_external_ids: frozenset[str] = frozenset()
-    #: Injected faults: the probability of each per ``/users/track`` request (see :data:`FAULTS`).
+    #: Injected faults: the share of ``/users/track`` requests that get each (at most one per request; the
+    #: request faults add up to at most 1), and for ``object`` the share of objects (see :data:`FAULTS`).
     faults: Mapping[str, float] = field(default_factory=dict)
     #: Seconds a "slow" fault holds the answer back.
     slow_seconds: float = 2.0
@@ -135,6 +136,12 @@ class EmulatorConfig:
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(FAULTS)
         bad = [k for k, p in self.faults.items() if not 0.0 <= p <= 1.0]
+        share = sum(p for k, p in self.faults.items() if k in REQUEST_FAULTS and k not in bad)
+        if share > 1.0 + 1e-9 and not unknown and not bad:
+            raise ChurnsyncError(
+                f"Braze emulator: the request faults' probabilities add up to {share:g}, more than 1",
+                remedy=f"Each request gets at most one of {', '.join(REQUEST_FAULTS)}: keep their sum at most 1",
+            )
         if unknown or bad:
             raise ChurnsyncError(
                 f"Braze emulator: unknown faults {sorted(unknown)} or probabilities outside 0-1 for {sorted(bad)}",
@@ -151,6 +158,10 @@ FAULTS = {
     "drop": "apply the request, then drop the connection before the body of the answer",
     "object": "per object: refuse it with a per-object error in a 201",
 }
+
+
+#: The faults drawn once per request, as disjoint shares: the configured probability is the realised share.
+REQUEST_FAULTS = ("429", "5xx", "html", "slow", "drop")
 
 
 def parse_faults(text: str) -> dict[str, float]:
@@ -661,6 +672,20 @@ def build_app(config: EmulatorConfig, state: EmulatorState | None = None) -> Sta
             return True
         return False
 
+    request_faults = [(name, faults[name]) for name in REQUEST_FAULTS if faults.get(name, 0.0) > 0.0]
+
+    def draw() -> str | None:
+        """At most one request fault, from one draw over disjoint shares (20 % 5xx means 20 % of requests)."""
+        if not request_faults:
+            return None
+        u = rng.random()
+        for name, p in request_faults:
+            if u < p:
+                state.count_fault(name)
+                return name
+            u -= p
+        return None
+
     async def answer(status: int, body: dict[str, Any], headers: dict[str, str]) -> Response:
         if config.latency_seconds > 0:
             await asyncio.sleep(config.latency_seconds)
@@ -685,19 +710,17 @@ def build_app(config: EmulatorConfig, state: EmulatorState | None = None) -> Sta
         headers = admission.headers()
         if not admission.allowed:
             return await answer(429, {"message": "API rate limit exceeded"}, headers)
-        if faults:
-            if roll("429"):
-                return await answer(
-                    429, {"message": "API rate limit exceeded"}, {**headers, "X-RateLimit-Remaining": "0"}
-                )
-            if roll("5xx"):
-                status = rng.choice((500, 503))
-                return await answer(status, {"message": "Internal Server Error"}, headers)
-            if roll("html"):
-                state.count_response(502)
-                return HTMLResponse(_HTML_ERROR, status_code=502)
-            if roll("slow"):
-                await asyncio.sleep(config.slow_seconds)
+        fault = draw()
+        if fault == "429":
+            return await answer(429, {"message": "API rate limit exceeded"}, {**headers, "X-RateLimit-Remaining": "0"})
+        if fault == "5xx":
+            status = rng.choice((500, 503))
+            return await answer(status, {"message": "Internal Server Error"}, headers)
+        if fault == "html":
+            state.count_response(502)
+            return HTMLResponse(_HTML_ERROR, status_code=502)
+        if fault == "slow":
+            await asyncio.sleep(config.slow_seconds)
         try:
             arrays = _parse_body(await request.body())
         except _BadRequest as bad:
@@ -741,7 +764,7 @@ def build_app(config: EmulatorConfig, state: EmulatorState | None = None) -> Sta
         else:
             # Braze counts what it queued: objects it will skip as unknown users are in the count.
             body["attributes_processed"] = sum(1 for item in items if item.array == "attributes")
-        if faults and roll("drop"):
+        if fault == "drop":
             return _Dropped()
         state.count_response(201)
         return JSONResponse(body, status_code=201, headers=headers)
