@@ -73,6 +73,11 @@ def test_the_key_never_appears_in_logs_errors_files_reports_the_dashboard_or_the
         env = reliability.child_env(**{reliability.KEY_ENV: SECRET})
         ran = reliability.churnsync("--log-json", "run", "--config", str(path), env=env)
         assert ran.returncode in (0, 3), ran.stderr  # 3: partial (the emulator's per-object errors)
+        with reliability.environment(**{reliability.KEY_ENV: SECRET}):  # before the sync: the refused are pending
+            dry = ["sync", "--dry-run", "--out", str(tmp_path / "dry.ndjson"), "--config", str(path)]
+            code, out, err = reliability.cli(*dry)
+        assert code == 0 and "Traceback" not in out + err, err
+        outputs += [out, err]
         synced = reliability.churnsync("--log-json", "sync", "--config", str(path), "--json", env=env)
         assert synced.returncode in (0, 1) and '"status"' in synced.stdout, synced.stderr  # 1: not all succeeded
         outputs += [ran.stdout, ran.stderr, synced.stdout, synced.stderr]
@@ -80,7 +85,7 @@ def test_the_key_never_appears_in_logs_errors_files_reports_the_dashboard_or_the
         customer = sorted(ids)[0]
         with reliability.environment(**{reliability.KEY_ENV: SECRET}):
             for args in (
-                ["sync", "--dry-run", "--out", str(tmp_path / "dry.ndjson"), "--config", str(path)],
+                ["sync", "--dry-run", "--out", str(tmp_path / "dry-after.ndjson"), "--config", str(path)],
                 ["runs", "--json", "--config", str(path)],
                 ["status", "--json", "--config", str(path)],
                 ["history", customer, "--json", "--config", str(path)],
