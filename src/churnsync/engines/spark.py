@@ -823,7 +823,7 @@ def _finish(
 ) -> Prediction:
     """On the driver, as :func:`churnsync.models.scoring.predict_attributes` ends: segments rank the whole base
     (the scored population only, when there is one), and customers outside the population get nulls."""
-    from churnsync.models.scoring import Prediction, _keep_population, assign_segments, model_version
+    from churnsync.models.scoring import Prediction, add_segments, model_version
 
     prediction = settings.prediction
     table = table.sort_by("customer_id")
@@ -836,20 +836,7 @@ def _finish(
     if "_active" in table.column_names:
         mask = np.asarray(table.column("_active").to_numpy(zero_copy_only=False), dtype=bool)
     table = table.drop_columns([c for c in ("_value_score", "_tenure", "_active") if c in table.column_names])
-    if mask is None:
-        segments = assign_segments(churn_now, value_score, tenure, settings.model.segments)
-    else:  # value quantiles rank the scored population only
-        segments = np.full(table.num_rows, "other", dtype=object)
-        segments[mask] = assign_segments(churn_now[mask], value_score[mask], tenure[mask], settings.model.segments)
-    table = table.append_column("segment", pa.array(segments.astype(str), type=pa.string()))
-    if mask is not None:
-        table = _keep_population(table, mask)
-        details["population"] = {
-            "active_within_days": getattr(prediction, "active_within_days", None),
-            "active_events": sorted({t.strip().lower() for t in getattr(prediction, "active_events", [])}),
-            "customers_in_population": int(mask.sum()),
-            "customers_outside": int((~mask).sum()),
-        }
+    table = add_segments(table, churn_now, value_score, tenure, mask, settings, details)
     if service is None:
         version = model_version(btyd, prediction)
         details["model"] = btyd.to_dict()

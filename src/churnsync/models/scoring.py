@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 
 from churnsync.config import DEFAULT_PREDICTION, PredictionSettings, SegmentRule
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FIT_TIME_UNIT_DAYS",
     "Prediction",
+    "add_segments",
     "assign_segments",
     "churn_model_for",
     "expected_purchases_column",
@@ -368,6 +370,36 @@ def _keep_population(table: pa.Table, mask: np.ndarray) -> pa.Table:
     return table
 
 
+def add_segments(
+    table: pa.Table,
+    churn_now: npt.NDArray[np.float64],
+    value_score: npt.NDArray[np.float64],
+    tenure: npt.NDArray[np.float64],
+    mask: npt.NDArray[np.bool_] | None,
+    settings: Settings,
+    details: dict[str, Any],
+) -> pa.Table:
+    """``table`` with its ``segment`` column; with a scored population (``mask``), value quantiles rank that
+    population only, customers outside it get nulls, and ``details["population"]`` says who was scored.
+    Both engines finish their predictions here."""
+    if mask is None:
+        segments = assign_segments(churn_now, value_score, tenure, settings.model.segments)
+    else:
+        segments = np.full(table.num_rows, "other", dtype=object)
+        segments[mask] = assign_segments(churn_now[mask], value_score[mask], tenure[mask], settings.model.segments)
+    table = table.append_column("segment", pa.array(segments.astype(str), type=pa.string()))
+    if mask is not None:
+        prediction = settings.prediction
+        table = _keep_population(table, mask)
+        details["population"] = {
+            "active_within_days": prediction.active_within_days,
+            "active_events": sorted({t.strip().lower() for t in prediction.active_events}),
+            "customers_in_population": int(mask.sum()),
+            "customers_outside": int((~mask).sum()),
+        }
+    return table
+
+
 def churn_model_for(
     con: duckdb.DuckDBPyConnection,
     cut: datetime,
@@ -467,20 +499,7 @@ def predict_attributes(
     churn_now = np.asarray(table.column("churn_probability").to_numpy(zero_copy_only=False), dtype=np.float64)
     tenure = np.asarray(tenure, dtype=np.float64)
     mask = population_mask(con, cut, table.column("customer_id"), prediction)
-    if mask is None:
-        segments = assign_segments(churn_now, value_score, tenure, settings.model.segments)
-    else:  # value quantiles rank the scored population only
-        segments = np.full(table.num_rows, "other", dtype=object)
-        segments[mask] = assign_segments(churn_now[mask], value_score[mask], tenure[mask], settings.model.segments)
-    table = table.append_column("segment", pa.array(segments.astype(str), type=pa.string()))
-    if mask is not None:
-        table = _keep_population(table, mask)
-        details["population"] = {
-            "active_within_days": prediction.active_within_days,
-            "active_events": sorted({t.strip().lower() for t in prediction.active_events}),
-            "customers_in_population": int(mask.sum()),
-            "customers_outside": int((~mask).sum()),
-        }
+    table = add_segments(table, churn_now, value_score, tenure, mask, settings, details)
     params = model.params_
     details["messages"] = messages
     details["scored_at"] = (now or datetime.now(UTC)).isoformat()
