@@ -180,9 +180,39 @@ def run(validation_days: int = 91) -> dict[str, dict[str, float]]:
         cells = " | ".join(f"{forecasts[n][group].mean():.3f}" for n in names)
         print(f"| {label} | {int(group.sum())} | {actual[group].mean():.3f} | {cells} |")
     print()
+    print_bounds(forecasts, actual)
+    print()
     for what, seconds in timings.items():
         print(f"{what}: {seconds:.2f} s")
     return figures
+
+
+def print_bounds(forecasts: dict[str, np.ndarray], actual: np.ndarray) -> None:
+    """What no level correction can reach: each forecast rescaled with the holdout itself (a diagnosis, not a model).
+
+    For the uncorrected churnsync forecasts: the factor that makes the total exact and the MAE / RMSE it gives, the
+    factors that minimise MAE and RMSE, and the least-squares affine map a·forecast + b fitted on the holdout.
+    """
+    print("Oracle bounds (rescaled WITH the holdout, so not a forecast: how far any level correction could go):")
+    print("| forecast | factor for an exact total | its MAE / RMSE | lowest MAE (factor) | lowest RMSE (factor) |"
+          " affine fit on the holdout: RMSE |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    factors = np.linspace(0.5, 1.5, 1001)
+    for name, expected in forecasts.items():
+        if not name.startswith("churnsync") or "corrected" in name:
+            continue
+        exact = float(actual.sum() / expected.sum())
+        mae = [float(np.mean(np.abs(f * expected - actual))) for f in factors]
+        rmse = [float(np.sqrt(np.mean((f * expected - actual) ** 2))) for f in factors]
+        design = np.c_[expected, np.ones_like(expected)]
+        coef = np.linalg.lstsq(design, actual, rcond=None)[0]
+        affine = float(np.sqrt(np.mean((design @ coef - actual) ** 2)))
+        at_exact = exact * expected - actual
+        best_mae, best_rmse = factors[int(np.argmin(mae))], factors[int(np.argmin(rmse))]
+        print(
+            f"| {name} | x{exact:.3f} | {np.mean(np.abs(at_exact)):.3f} / {np.sqrt(np.mean(at_exact**2)):.3f} "
+            f"| {min(mae):.3f} (x{best_mae:.2f}) | {min(rmse):.3f} (x{best_rmse:.2f}) | {affine:.3f} |"
+        )
 
 
 if __name__ == "__main__":

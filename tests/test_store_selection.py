@@ -270,3 +270,29 @@ def test_the_selected_values_are_exactly_the_changes(store: AttributeStore) -> N
     selected = [c for chunk in store.select_changes("braze", chunk_size=2) for c in chunk]
     assert [c.customer_id for c in selected] == ["a", "b", "c"]
     assert all(isinstance(c, Change) for c in selected)
+
+
+def pending(db: sa.Engine, destination: str) -> set[str]:
+    with db.connect() as conn:
+        query = sa.text("SELECT customer_id FROM selection_pending WHERE destination = :d")
+        return set(conn.execute(query, {"d": destination}).scalars())
+
+
+@pytest.mark.parametrize("lookup_share", ["by-candidates"], indirect=True)
+def test_acknowledged_customers_leave_the_pending_set_and_refused_ones_stay(
+    store: AttributeStore, db: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Candidates looked up however many they are (PostgreSQL counts a never-analysed table as empty).
+    monkeypatch.setattr(store_module, "SELECT_LOOKUP_SHARE", 1e9)
+    write(store, ROWS)
+    sync(store, "braze", accept=lambda c: c != "c", fail=lambda c: c == "b")
+    assert pending(db, "braze") == {"b", "c"}  # b refused, c never sent: both still to send
+    # The next selection compares the two pending customers and the one the write marks, not a.
+    with db.begin() as conn:  # behind the store's back, to show that a (acknowledged) is not read again
+        tamper = "UPDATE destination_state SET text_value = 'x' WHERE customer_id = 'a' AND attribute = 'tier'"
+        conn.execute(sa.text(tamper))
+    write(store, {**ROWS, "d": {"p": 0.2, "tier": "low"}})
+    assert set(select(store, "braze")) == {"b", "c", "d"}
+    sync(store, "braze")
+    assert pending(db, "braze") == set()
+    assert select(store, "braze") == {}

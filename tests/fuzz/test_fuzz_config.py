@@ -8,37 +8,21 @@ plus raw bytes (bad encodings, NUL bytes). Hypothesis runs derandomized with a b
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import json
 import math
-import sys
 import tempfile
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from bench_modules import load_bench
 from churnsync.config import Settings, load_settings
 from churnsync.errors import ConfigError
 
-
-def _bench() -> ModuleType:
-    """bench/reliability.py, where the bad-input generators and the command-line helper live (bench/ is no package)."""
-    name = "churnsync_bench_reliability"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).resolve().parents[2] / "bench/reliability.py"
-        )
-        assert spec is not None and spec.loader is not None
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-reliability = _bench()
+reliability = load_bench("reliability")
 COMMON = {"deadline": None, "derandomize": True, "database": None, "suppress_health_check": [HealthCheck.too_slow]}
 
 

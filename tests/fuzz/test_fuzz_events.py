@@ -10,39 +10,23 @@ is deterministic).
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import random
-import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 
 import duckdb
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench_modules import load_bench
 from churnsync.config import DataSettings
 from churnsync.errors import ChurnsyncError
 from churnsync.events.reader import load_events
 
-
-def _bench() -> ModuleType:
-    """bench/reliability.py, where the bad-input generators and the command-line helper live (bench/ is no package)."""
-    name = "churnsync_bench_reliability"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).resolve().parents[2] / "bench/reliability.py"
-        )
-        assert spec is not None and spec.loader is not None
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-reliability = _bench()
+reliability = load_bench("reliability")
 NOW = datetime(2026, 6, 30, tzinfo=UTC)
 FUZZ = settings(
     max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow], database=None

@@ -19,7 +19,7 @@ the same thing: the customer has no value for that attribute.
                                               and the change counter when it last changed (0005)
     store_counters                            the change counter; writers hold its row lock (0005)
     selection_watermarks                      per destination: the counter and policy of its last selection (0005)
-    selection_pending                         per destination: customers its last selection found different (0005)
+    selection_pending                         per destination: selected customers not acknowledged yet (0005)
     store_lock                                at most one row: the run holding the run lock (0002)
 
 A history row is valid from its ``changed_at`` until the next change of the same (customer, attribute).
@@ -338,8 +338,9 @@ selection_watermarks = sa.Table(
     sa.PrimaryKeyConstraint("destination"),
 )
 
-#: Per destination, the customers its last selection returned: they stay candidates until a selection finds them
-#: equal to what the destination acknowledged (a failed, crashed, partial or quarantined send leaves them here).
+#: Per destination, the customers its last selection returned: they stay candidates until the destination
+#: acknowledges them (``record_batch`` removes them) or a selection finds them equal to what it acknowledged (a
+#: failed, crashed, partial, quarantined or dry-run send leaves them here).
 selection_pending = sa.Table(
     "selection_pending",
     metadata,

@@ -782,7 +782,8 @@ class AttributeStore:
         It compares only candidates once ``destination`` has a watermark from a selection with the same ``mode``
         and TTL: customers marked by writes since, those that selection returned (until a selection finds them
         acknowledged), and those the policy drops since; the watermark and pending set move with every selection,
-        dry runs included. The result is the same as comparing everyone.
+        dry runs included, and :meth:`record_batch` removes acknowledged customers from the pending set. The result
+        is the same as comparing everyone.
         """
         if chunk_size < 1:
             raise StoreError(f"chunk_size must be at least 1, not {chunk_size}", remedy="Pass a positive size")
@@ -804,8 +805,9 @@ class AttributeStore:
         """Journal one acknowledged request and, in the same transaction, what the destination now holds.
 
         Writes the ``sync_batches`` row, upserts ``destination_state`` for every accepted attribute, appends
-        them to ``destination_acks`` (the log that :meth:`history` reads), and one ``sync_failures`` row per
-        refused customer. This is the only writer of acknowledged state.
+        them to ``destination_acks`` (the log that :meth:`history` reads), one ``sync_failures`` row per
+        refused customer, and removes the accepted customers from the destination's pending set (the next selection
+        compares them only if a write marks them). This is the only writer of acknowledged state.
         """
         now = self._now()
         stamp = self._db_time(now)
@@ -836,6 +838,8 @@ class AttributeStore:
             )
             if state:
                 self._write_state(conn, destination, sync_run_id, stamp, state)
+            if outcome.accepted:
+                self._clear_pending(conn, destination, [change.customer_id for change in outcome.accepted])
             if failures:
                 self._write_failures(conn, sync_run_id, outcome.seq, failures)
             if also is not None:  # the sync journal's acknowledgement (churnsync.store.ledger): same commit
@@ -1364,7 +1368,7 @@ class AttributeStore:
         try:
             if self._dialect == "postgresql":
                 staged = self._copy_stage(driver, batches, plan)
-                conn.exec_driver_sql("ANALYZE churnsync_stage")  # temp tables get no autovacuum statistics
+                conn.exec_driver_sql("ANALYZE churnsync_stage, churnsync_stage_rules")  # temp tables: no autovacuum
                 return staged
             staged = 0
             insert = f"INSERT INTO temp.churnsync_stage VALUES (?{', ?' * len(plan)})"
@@ -1480,36 +1484,62 @@ class AttributeStore:
         )
         # In key order, history ids and the current values' clustered key grow together: B-tree appends.
         candidates = sa.select(*row).select_from(joined).where(changed).order_by(st.c.customer_id, st.c.attribute)
+        if self._dialect == "postgresql":
+            # One merge of the staged values with the current values, both read in key order through their primary
+            # keys: linear in the store's size, without spilling. A hash join of every current value (or sorts of
+            # both sides) outgrows work_mem and spills to disk in batches as the store grows.
+            conn.exec_driver_sql("SET LOCAL enable_hashjoin = off")
+            conn.exec_driver_sql("SET LOCAL enable_sort = off")
         conn.execute(h.insert().from_select(columns, candidates))
+        if self._dialect == "postgresql":
+            conn.exec_driver_sql("SET LOCAL enable_hashjoin = on")
+            conn.exec_driver_sql("SET LOCAL enable_sort = on")
         this_write = sa.and_(h.c.id > first_id, h.c.prediction_run_id == run_id)
         for attr in plan:
             if not attr.unless_changed:
                 continue
+            # Driven by the customers whose coupled attribute changed in the first step (few), each looked up by key
+            # in the stage and the current values: the cost follows the changes, not the store's size.
             h2 = h.alias("coupled")
             mine = h.alias("mine")
-            # Uncorrelated: evaluated once into a hash/ephemeral index, then probed per staged row.
-            coupled_changed = st.c.customer_id.in_(
-                sa.select(h2.c.customer_id).where(
+            coupled_ids = (
+                sa.select(h2.c.customer_id)
+                .where(
                     h2.c.id > first_id,
                     h2.c.prediction_run_id == run_id,
                     h2.c.attribute.in_(attr.unless_changed),
                 )
+                .distinct()
+                .subquery("coupled_ids")
             )
+            staged = wide.c[f"v{attr.idx}"]
+            new_num: Any = staged if attr.kind == "num" else sa.cast(sa.null(), sa.Double)
+            new_text: Any = sa.cast(sa.null(), sa.Text) if attr.kind == "num" else staged
             already = sa.exists().where(
                 mine.c.id > first_id,
                 mine.c.prediction_run_id == run_id,
-                mine.c.customer_id == st.c.customer_id,
+                mine.c.customer_id == coupled_ids.c.customer_id,
                 mine.c.attribute == attr.name,
             )
-            moved_at_all = sa.or_(
-                st.c.num_value != v.c.num_value,
-                st.c.text_value != v.c.text_value,
-            )
+            moved_at_all = sa.or_(new_num != v.c.num_value, new_text != v.c.text_value)
             coupled = (
-                sa.select(*row)
-                .select_from(joined)
-                .where(st.c.attr_idx == attr.idx, moved_at_all, coupled_changed, ~already)
-                .order_by(st.c.customer_id)
+                sa.select(
+                    coupled_ids.c.customer_id,
+                    sa.literal(attr.name, s.key_type()),
+                    v.c.num_value,
+                    v.c.text_value,
+                    new_num,
+                    new_text,
+                    sa.literal(run_id, sa.Integer),
+                    sa.literal(now, s.UtcDateTime()),
+                )
+                .select_from(
+                    coupled_ids.join(wide, wide.c.customer_id == coupled_ids.c.customer_id).join(
+                        v, sa.and_(v.c.customer_id == coupled_ids.c.customer_id, v.c.attribute == attr.name)
+                    )
+                )
+                .where(moved_at_all, ~already)
+                .order_by(coupled_ids.c.customer_id)
             )
             conn.execute(h.insert().from_select(columns, coupled))
         values_changed = conn.execute(sa.select(sa.func.count()).where(this_write)).scalar_one()
@@ -1615,16 +1645,16 @@ class AttributeStore:
             gaps.append(c.c.last_run_id.in_(sa.select(runs.c.id).where(runs.c.started_at < cutoff_seen)))
             mark_all = mark_all or started < cutoff_seen
         staged = sa.select(wide.c.customer_id)
+        # The customers with a value changed by this write: hashed once, probed per scored customer.
+        changed = sa.select(h.c.customer_id).where(h.c.id > first_id, h.c.prediction_run_id == run_id)
         values: dict[str, Any] = {"last_run_id": run_id}
         if mark_all:
             values["changed_seq"] = seq
-        elif gaps:
-            values["changed_seq"] = sa.case((sa.or_(*gaps), seq), else_=c.c.changed_seq)
-        # Every scored customer's row is rewritten (last_run_id); its mark only where the case says so, which
+        else:
+            values["changed_seq"] = sa.case((sa.or_(*gaps, c.c.customer_id.in_(changed)), seq), else_=c.c.changed_seq)
+        # One pass over the scored customers: every row gets last_run_id; the mark only where the case says so, which
         # leaves the index on changed_seq alone for the others (on PostgreSQL: heap-only updates).
         conn.execute(c.update().where(c.c.customer_id.in_(staged)).values(**values))
-        changed = sa.select(h.c.customer_id).where(h.c.id > first_id, h.c.prediction_run_id == run_id)
-        conn.execute(c.update().where(c.c.changed_seq != seq, c.c.customer_id.in_(changed)).values(changed_seq=seq))
         new = sa.select(
             wide.c.customer_id,
             sa.literal(run_id, sa.Integer),
@@ -1664,6 +1694,23 @@ class AttributeStore:
         flat = [(destination, c, a, n, t, sync_run_id, stamp) for (c, a), (n, t) in state.items()]
         conn.exec_driver_sql(upsert, flat)
         conn.exec_driver_sql(log, flat)
+
+    def _clear_pending(self, conn: Connection, destination: str, customer_ids: list[str]) -> None:
+        """Drop acknowledged customers from the destination's pending set: the next selection need not compare them.
+
+        Safe because the run lock keeps writes out of a sync: what a batch acknowledges is what the destination's
+        latest selection wanted for those customers, and a later write marks whatever it changes.
+        """
+        if self._dialect == "postgresql":
+            conn.exec_driver_sql(
+                "DELETE FROM selection_pending WHERE destination = %s AND customer_id = ANY(%s::text[])",
+                (destination, customer_ids),
+            )
+        else:
+            conn.exec_driver_sql(
+                "DELETE FROM selection_pending WHERE destination = ? AND customer_id = ?",
+                [(destination, c) for c in customer_ids],
+            )
 
     def _write_failures(self, conn: Connection, sync_run_id: int, seq: int, failures: list[tuple[str, str]]) -> None:
         sql = _FAILURE_INSERT[self._dialect]
@@ -1774,7 +1821,8 @@ class AttributeStore:
         policy drops since (mirror: last scored before the latest succeeded run but not before the watermark's;
         TTL: last scored by a run that expired since). Otherwise (first selection, or a policy that changed) every
         current value is compared. Either way the result is exact: the candidates are compared value by value
-        with what the destination acknowledged. The customers returned become the destination's pending set.
+        with what the destination acknowledged. The customers returned become the destination's pending set, which
+        acknowledgements shrink (:meth:`record_batch`).
         """
         c, runs, w, pend, counters = (
             s.customers,
@@ -1817,7 +1865,14 @@ class AttributeStore:
             if cutoff is not None and mark.cutoff is not None and cutoff > mark.cutoff:
                 expired_since = sa.select(runs.c.id).where(runs.c.started_at >= mark.cutoff, runs.c.started_at < cutoff)
                 sources.append(sa.select(c.c.customer_id).where(c.c.last_run_id.in_(expired_since)))
-            conn.execute(_candidates.insert().from_select(["customer_id"], sa.union(*sources)))
+            # In key order: the candidates' values and acknowledged state are then read in the order they are stored
+            # (a store larger than memory is read ahead, not at random).
+            union = sa.union(*sources).subquery("union")
+            conn.execute(
+                _candidates.insert().from_select(
+                    ["customer_id"], sa.select(union.c.customer_id).order_by(union.c.customer_id)
+                )
+            )
             # Counted, not the INSERT's rowcount: psycopg reports -1 for an INSERT ... SELECT sent this way.
             picked = conn.execute(sa.select(sa.func.count()).select_from(_candidates)).scalar_one()
             if self._dialect == "postgresql":
