@@ -186,6 +186,7 @@ def test_segment_builder_counts_what_the_store_counts(
 
 def test_the_token_is_asked_for_when_required(browser: Any, filled: Filled) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     settings, url = filled.settings, filled.url
     with serve_dashboard(create_app(url, settings=settings, token=TOKEN)) as running:
@@ -195,11 +196,12 @@ def test_the_token_is_asked_for_when_required(browser: Any, filled: Filled) -> N
         field = browser.find_element(By.NAME, "token")
         field.send_keys("wrong-token-0123456789")
         field.submit()
-        assert "That token is not right" in browser.page_source
+        # submit() does not wait for the next page: wait for it, or the next lines read the page being left.
+        WebDriverWait(browser, 10).until(lambda d: "That token is not right" in d.page_source)
         field = browser.find_element(By.NAME, "token")
         field.send_keys(TOKEN)
         field.submit()
-        assert browser.current_url == running.url + "/syncs"
+        WebDriverWait(browser, 10).until(lambda d: d.current_url == running.url + "/syncs")
         assert "Refused customers" in browser.page_source and TOKEN not in browser.page_source
         browser.get(running.url + "/logout")
         browser.get(running.url + "/")
