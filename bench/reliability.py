@@ -481,29 +481,54 @@ def sqlite_locked(workdir: Path, *, customers: int = 1500, busy_timeout_ms: int 
         )
         holder.join(timeout=60)
         first = (locked.returncode, locked.stdout, locked.stderr)
-        after_first = sync_runs(url)
-        second = churnsync("sync", "--config", str(config), "--json")
-        received = emulator.state.stats()["objects"]["received"]
-        with AttributeStore.open(url) as store:
-            wanted = store.current_values()
-            acknowledged = store.acknowledged_state("braze")
-        history = sync_runs(url)
-        profiles = emulator.state.profiles()
-    delivered, lost = compare(profiles, wanted)
-    report = json.loads(second.stdout)[0] if second.returncode == 0 else {}
+        after = after_store_fault(url, config, emulator, first)
+    second = after.details["second"]
+    after.details["report"] = json.loads(second[1])[0] if second[0] == 0 else {}
     return Row(
         scenario="sqlite_locked",
         customers=customers,
         faults={"write lock held past the busy timeout": int(held.is_set())},
-        delivered=delivered,
-        lost=len(lost),
-        duplicated=received - customers,
+        delivered=after.delivered,
+        lost=after.lost,
+        duplicated=after.received - customers,
         retries=0,
         note="the locked run fails with one line; the next run resends what was in doubt",
+        details=after.details,
+    )
+
+
+@dataclass
+class AfterFault:
+    """What the run after a store fault left: the emulator against the store, and the runs' statuses."""
+
+    delivered: int
+    lost: int
+    received: int
+    details: dict[str, Any]
+
+
+def after_store_fault(url: str, config: Path, emulator: Any, first: tuple[Any, ...]) -> AfterFault:
+    """Run the next sync after a store fault (``first``: the faulty run's exit, stdout, stderr) and check it.
+
+    Both store-fault scenarios end the same way: the runs recorded so far, one more ``churnsync sync``, then what
+    the emulator received and holds against what the store wants and says was acknowledged.
+    """
+    after_first = sync_runs(url)
+    second = churnsync("sync", "--config", str(config), "--json")
+    received = emulator.state.stats()["objects"]["received"]
+    with AttributeStore.open(url) as store:
+        wanted = store.current_values()
+        acknowledged = store.acknowledged_state("braze")
+    history = sync_runs(url)
+    profiles = emulator.state.profiles()
+    delivered, lost = compare(profiles, wanted)
+    return AfterFault(
+        delivered=delivered,
+        lost=len(lost),
+        received=received,
         details={
             "first": first,
             "second": (second.returncode, second.stdout, second.stderr),
-            "report": report,
             "statuses_after_first": [r["status"] for r in after_first],
             "history": [(r["id"], r["status"], r["error"]) for r in history],
             "acknowledged_equals_braze": acknowledged == non_empty(profiles),
@@ -559,31 +584,17 @@ def postgres_dropped(workdir: Path, url: str, *, customers: int = 1500, storm: f
             admin.dispose()
         stdout, stderr = process.communicate(timeout=120)
         first = (process.returncode, stdout, stderr)
-        after_first = sync_runs(url)
-        second = churnsync("sync", "--config", str(config), "--json")
-        received = emulator.state.stats()["objects"]["received"]
-        with AttributeStore.open(url) as store:
-            wanted = store.current_values()
-            acknowledged = store.acknowledged_state("braze")
-        history = sync_runs(url)
-        profiles = emulator.state.profiles()
-    delivered, lost = compare(profiles, wanted)
+        after = after_store_fault(url, config, emulator, first)
     return Row(
         scenario="postgres_dropped",
         customers=customers,
         faults={"connections terminated": terminated},
-        delivered=delivered,
-        lost=len(lost),
-        duplicated=received - customers,
+        delivered=after.delivered,
+        lost=after.lost,
+        duplicated=after.received - customers,
         retries=0,
         note=f"first run exit {first[0]}; the next run completes",
-        details={
-            "first": first,
-            "second": (second.returncode, second.stdout, second.stderr),
-            "statuses_after_first": [r["status"] for r in after_first],
-            "history": [(r["id"], r["status"], r["error"]) for r in history],
-            "acknowledged_equals_braze": acknowledged == non_empty(profiles),
-        },
+        details=after.details,
     )
 
 
