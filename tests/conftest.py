@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from churnsync.store import AttributeStore
+from clocks import Clock
+
 PG_ADMIN_URL = os.environ.get("CHURNSYNC_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 PG_HINT = (
     "PostgreSQL is not reachable on 127.0.0.1:5432. Start it with "
@@ -54,3 +57,24 @@ def store_url(request: pytest.FixtureRequest) -> str:
     """Each store test runs on SQLite and on the real PostgreSQL."""
     name = "sqlite_url" if request.param == "sqlite" else "postgres_url"
     return str(request.getfixturevalue(name))
+
+
+@pytest.fixture
+def clock(fixed_now: datetime) -> Clock:
+    """The store's clock, at ``fixed_now`` until a test moves it."""
+    return Clock(fixed_now)
+
+
+@pytest.fixture
+def store(store_url: str, clock: Clock) -> Iterator[AttributeStore]:
+    """A migrated store on each engine, reading the time from ``clock``."""
+    with AttributeStore.open(store_url, clock=clock) as opened:
+        yield opened
+
+
+@pytest.fixture
+def db(store_url: str, store: AttributeStore) -> Iterator[sa.Engine]:
+    """A second, plain connection to the store's database, to look at tables the API does not expose."""
+    engine = sa.create_engine(store_url)
+    yield engine
+    engine.dispose()

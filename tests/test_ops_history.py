@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,30 +11,15 @@ from churnsync.ops.history import HEALTH_EXIT, combined_runs, run_health
 from churnsync.records import SyncCounts
 from churnsync.schedule import cadence_from_settings
 from churnsync.store.store import AttributeStore
+from clocks import Clock
 
 DAILY_6 = cadence_from_settings(ScheduleSettings(cadence="daily", at="06:00", timezone="UTC"))
 
 
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
+    """At 06:00, the daily cadence's time (the shared store fixture reads it)."""
     return Clock(datetime(2026, 6, 30, 6, 0, tzinfo=UTC))
-
-
-@pytest.fixture
-def store(store_url: str, clock: Clock) -> Iterator[AttributeStore]:
-    opened = AttributeStore.open(store_url, clock=clock)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def one_run(store: AttributeStore, clock: Clock, *, failed: int = 0, sync_status: str = "succeeded") -> int:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -14,42 +15,10 @@ from churnsync.config import AttributeRule, AttributeSettings
 from churnsync.errors import StoreError
 from churnsync.records import BatchOutcome, Change, ObjectFailure, SyncCounts, Value
 from churnsync.store import AttributeStore, WriteSummary
+from clocks import Clock
 
 RULES = AttributeSettings(rules={"churn_probability": AttributeRule(round=2, abs_tolerance=0.02)})
 EXACT = AttributeSettings(rules={})
-
-
-class Clock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> datetime:
-        self.now += timedelta(**delta)
-        return self.now
-
-
-@pytest.fixture
-def clock(fixed_now: datetime) -> Clock:
-    return Clock(fixed_now)
-
-
-@pytest.fixture
-def store(store_url: str, clock: Clock) -> Iterator[AttributeStore]:
-    with AttributeStore.open(store_url, clock=clock) as opened:
-        yield opened
-
-
-@pytest.fixture
-def db(store_url: str, store: AttributeStore) -> Iterator[sa.Engine]:
-    """A second, plain connection to the same database, to look at tables the API does not expose."""
-    engine = sa.create_engine(store_url)
-    yield engine
-    engine.dispose()
 
 
 def write(
@@ -371,3 +340,22 @@ def test_an_abandoned_selection_releases_its_connection(store: AttributeStore) -
     sync = store.start_sync_run("braze", prediction_run_id=None)
     store.record_batch(sync, "braze", BatchOutcome(0, [Change("a0", {"churn_probability": 0.5})], [], 201, 1))
     assert len(changes(store)) == 4
+
+
+def test_a_new_sqlite_store_gets_large_pages_and_an_existing_one_keeps_its_own(tmp_path: Path) -> None:
+    new_url = f"sqlite:///{tmp_path / 'new.db'}"
+    with AttributeStore.open(new_url) as opened:
+        write(opened, {"customer_id": ["a"], "churn_probability": [0.5]})
+    with sqlite3.connect(tmp_path / "new.db") as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 16_384
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+    old = tmp_path / "old.db"  # a store created with SQLite's default pages, e.g. by an earlier version
+    with sqlite3.connect(old) as conn:
+        conn.execute("PRAGMA page_size = 4096")
+        conn.execute("CREATE TABLE before_churnsync (x INTEGER)")
+    with AttributeStore.open(f"sqlite:///{old}") as opened:
+        write(opened, {"customer_id": ["a"], "churn_probability": [0.5]})
+        assert opened.current_values() == {"a": {"churn_probability": 0.5}}
+    with sqlite3.connect(old) as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -15,18 +14,8 @@ from typer.testing import CliRunner
 from churnsync.cli import app
 from churnsync.errors import StoreError
 from churnsync.store import AttributeStore
-from test_store import EXACT, Clock, acknowledge, write
-
-
-@pytest.fixture
-def clock(fixed_now: datetime) -> Clock:
-    return Clock(fixed_now)
-
-
-@pytest.fixture
-def store(store_url: str, clock: Clock) -> Iterator[AttributeStore]:
-    with AttributeStore.open(store_url, clock=clock) as opened:
-        yield opened
+from clocks import Clock
+from test_store import EXACT, acknowledge, write
 
 
 def three_runs(store: AttributeStore, clock: Clock) -> list[datetime]:

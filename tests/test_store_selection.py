@@ -9,8 +9,8 @@ Python from the current values, the acknowledged state and who was scored when.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -21,7 +21,7 @@ from churnsync.config import AttributeRule, AttributeSettings
 from churnsync.records import BatchOutcome, Change, ObjectFailure, Value
 from churnsync.store import AttributeStore
 from churnsync.store import store as store_module
-from test_store import Clock
+from clocks import Clock
 
 RULES = AttributeSettings(rules={"p": AttributeRule(round=2, abs_tolerance=0.02)})
 
@@ -35,24 +35,6 @@ def lookup_share(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     """
     monkeypatch.setattr(store_module, "SELECT_LOOKUP_SHARE", 2.0 if request.param == "by-candidates" else 0.0)
     return str(request.param)
-
-
-@pytest.fixture
-def clock(fixed_now: datetime) -> Clock:
-    return Clock(fixed_now)
-
-
-@pytest.fixture
-def store(store_url: str, clock: Clock) -> Iterator[AttributeStore]:
-    with AttributeStore.open(store_url, clock=clock) as opened:
-        yield opened
-
-
-@pytest.fixture
-def db(store_url: str, store: AttributeStore) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(store_url)
-    yield engine
-    engine.dispose()
 
 
 def write(store: AttributeStore, rows: dict[str, dict[str, Any]], *, status: str = "succeeded") -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
@@ -12,22 +11,12 @@ from churnsync.config import AttributeRule, AttributeSettings, Settings
 from churnsync.errors import StoreError
 from churnsync.records import BatchOutcome, Value
 from churnsync.store import AttributeStore
-from test_store import Clock, acknowledge, write
+from clocks import Clock
+from test_store import acknowledge, write
 
 COUPLED = AttributeSettings(
     rules={"churn_probability": AttributeRule(round=2, abs_tolerance=0.02, unless_changed=["churn_risk"])}
 )
-
-
-@pytest.fixture
-def clock(fixed_now: datetime) -> Clock:
-    return Clock(fixed_now)
-
-
-@pytest.fixture
-def store(store_url: str, clock: Clock) -> Iterator[AttributeStore]:
-    with AttributeStore.open(store_url, clock=clock) as opened:
-        yield opened
 
 
 def changes(store: AttributeStore, destination: str = "braze", **policy: object) -> dict[str, dict[str, Value]]:
