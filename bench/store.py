@@ -154,9 +154,10 @@ def acknowledge(url: str, run: int | None) -> None:
                 {"run": run},
             )
         # As record_batch does for every acknowledged customer: it leaves the destination's pending set.
-        acked = "" if run is None else " AND customer_id IN (SELECT customer_id FROM attribute_values"
-        acked += "" if run is None else " WHERE prediction_run_id = :run)"
-        conn.execute(sa.text("DELETE FROM selection_pending WHERE destination = 'braze'" + acked), {"run": run})
+        pending = "DELETE FROM selection_pending WHERE destination = 'braze'"
+        if run is not None:
+            pending += " AND customer_id IN (SELECT customer_id FROM attribute_values WHERE prediction_run_id = :run)"
+        conn.execute(sa.text(pending), {"run": run})
     engine.dispose()
 
 

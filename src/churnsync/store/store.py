@@ -346,6 +346,11 @@ def _long_stage(wide: sa.Table, plan: list[_Attribute]) -> Any:
     )
 
 
+def _written_by(history: Any, first_id: int, run_id: int) -> Any:
+    """The history rows of one write: past the history's last id when the write began, and of its run."""
+    return sa.and_(history.c.id > first_id, history.c.prediction_run_id == run_id)
+
+
 def _distinct_customers(rows: Any, name: str, dialect: str) -> Any:
     """The distinct customer ids of ``rows`` (this write's history rows), read by their id range.
 
@@ -1521,9 +1526,9 @@ class AttributeStore:
             conn.exec_driver_sql("SET LOCAL enable_sort = off")
         conn.execute(h.insert().from_select(columns, candidates))
         if self._dialect == "postgresql":
-            conn.exec_driver_sql("SET LOCAL enable_hashjoin = on")
-            conn.exec_driver_sql("SET LOCAL enable_sort = on")
-        this_write = sa.and_(h.c.id > first_id, h.c.prediction_run_id == run_id)
+            conn.exec_driver_sql("SET LOCAL enable_hashjoin = DEFAULT")
+            conn.exec_driver_sql("SET LOCAL enable_sort = DEFAULT")
+        this_write = _written_by(h, first_id, run_id)
         for attr in plan:
             if not attr.unless_changed or not had_values:
                 continue
@@ -1533,9 +1538,7 @@ class AttributeStore:
             mine = h.alias("mine")
             coupled_ids = _distinct_customers(
                 sa.select(h2.c.customer_id).where(
-                    h2.c.id > first_id,
-                    h2.c.prediction_run_id == run_id,
-                    h2.c.attribute.in_(attr.unless_changed),
+                    _written_by(h2, first_id, run_id), h2.c.attribute.in_(attr.unless_changed)
                 ),
                 "coupled_ids",
                 self._dialect,
@@ -1544,8 +1547,7 @@ class AttributeStore:
             new_num: Any = staged if attr.kind == "num" else sa.cast(sa.null(), sa.Double)
             new_text: Any = sa.cast(sa.null(), sa.Text) if attr.kind == "num" else staged
             already = sa.exists().where(
-                mine.c.id > first_id,
-                mine.c.prediction_run_id == run_id,
+                _written_by(mine, first_id, run_id),
                 mine.c.customer_id == coupled_ids.c.customer_id,
                 mine.c.attribute == attr.name,
             )
@@ -1695,7 +1697,7 @@ class AttributeStore:
             mark_all = mark_all or started < cutoff_seen
         staged = sa.select(wide.c.customer_id)
         # The customers with a value changed by this write: hashed once, probed per scored customer.
-        changed = sa.select(h.c.customer_id).where(h.c.id > first_id, h.c.prediction_run_id == run_id)
+        changed = sa.select(h.c.customer_id).where(_written_by(h, first_id, run_id))
         values: dict[str, Any] = {"last_run_id": run_id}
         if mark_all:
             values["changed_seq"] = seq
