@@ -14,6 +14,7 @@ from churnsync.errors import StoreError
 from churnsync.store import AttributeStore
 from churnsync.store.schema import metadata
 from churnsync.store.store import alembic_config
+from test_store import write
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
@@ -91,3 +92,37 @@ def test_stores_opened_at_once_migrate_once(store_url: str) -> None:
     for store in stores:
         assert store.prediction_runs() == []
         store.close()
+
+
+def test_a_first_load_keeps_the_schema_of_schema_py(store_url: str) -> None:
+    """On PostgreSQL a first load builds its tables' keys after the insert: the same keys, indexes and fill factors."""
+    with AttributeStore.open(store_url) as store:
+        write(store, {"customer_id": ["a", "b"], "churn_probability": [0.1, 0.9]})
+        write(store, {"customer_id": ["a", "c"], "churn_probability": [0.5, 0.2]})
+        assert store.current_values() == {
+            "a": {"churn_probability": 0.5},
+            "b": {"churn_probability": 0.9},
+            "c": {"churn_probability": 0.2},
+        }
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
+            with pytest.raises(sa.exc.IntegrityError):
+                conn.execute(
+                    sa.text("INSERT INTO customers (customer_id, first_run_id, last_run_id) VALUES ('a', 1, 1)")
+                )
+            conn.rollback()
+            if conn.dialect.name == "postgresql":
+                options = dict(
+                    conn.execute(
+                        sa.text(
+                            "SELECT relname, reloptions FROM pg_class "
+                            "WHERE oid IN ('attribute_values'::regclass, 'customers'::regclass)"
+                        )
+                    ).all()
+                )
+                assert options == {"attribute_values": ["fillfactor=90"], "customers": ["fillfactor=50"]}
+        assert diff == []
+    finally:
+        engine.dispose()

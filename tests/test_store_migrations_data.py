@@ -77,7 +77,15 @@ def test_upgrade_from_0001_keeps_every_row_and_fills_the_new_tables(store_url: s
                 marks = dict(conn.execute(sa.text("SELECT customer_id, changed_seq FROM customers")).all())
                 counter = conn.execute(sa.text("SELECT value FROM store_counters WHERE name = 'changes'")).scalar_one()
                 watermarks = conn.execute(sa.text("SELECT count(*) FROM selection_watermarks")).scalar_one()
-            assert after == before
+            # 0006: the history keeps past values only. b's "low" (run 1, replaced by run 3 at T1) is one; the other
+            # three change rows held values still current, which live in attribute_values alone.
+            assert after == before | {"attribute_history": 1}
+            assert [
+                (e.old_value, e.new_value, e.prediction_run_id, e.changed_at, e.valid_to) for e in store.history("b")
+            ] == [
+                (None, "low", 1, T0, T1),
+                ("low", "high", 3, T1, None),
+            ]
             # 0005: no customer marked and no watermark yet, so each destination's first selection compares everyone.
             assert marks == {"a": 0, "b": 0} and counter == 0 and watermarks == 0
             # Everyone counts as scored by the latest succeeded run (2), or a later run that changed them (3).
@@ -109,5 +117,48 @@ def test_upgrade_from_0001_keeps_every_row_and_fills_the_new_tables(store_url: s
                 assert store.lock_holder() is not None
         finally:
             store.close()
+    finally:
+        engine.dispose()
+
+
+HISTORY_0005 = (
+    "SELECT customer_id, attribute, old_num, old_text, new_num, new_text, prediction_run_id, changed_at "
+    "FROM attribute_history ORDER BY customer_id, attribute, changed_at, id"
+)
+
+
+def test_history_converts_to_past_values_and_back(store_url: str) -> None:
+    """0005 → 0006 → 0005 gives back every change row; the history in between reads the same through the API."""
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0001")
+            for table in ("prediction_runs", "attribute_values", "attribute_history"):
+                for sql in ROWS_0001[table]:
+                    conn.execute(sa.text(sql), {"t0": T0, "t1": T1})
+            command.upgrade(alembic_config(conn), "0005")
+            changes = conn.execute(sa.text(HISTORY_0005)).all()
+            command.upgrade(alembic_config(conn), "0006")
+            past = conn.execute(
+                sa.text(
+                    "SELECT customer_id, attribute, text_value, prediction_run_id, replaced_by_run_id "
+                    "FROM attribute_history"
+                )
+            ).all()
+            assert [tuple(r) for r in past] == [("b", "churn_risk", "low", 1, 3)]
+        store = AttributeStore.open(store_url, clock=lambda: T1)
+        try:
+            shown = [(e.customer_id, e.attribute, e.old_value, e.new_value) for c in "ab" for e in store.history(c)]
+        finally:
+            store.close()
+        assert shown == [
+            ("a", "churn_probability", None, 0.2),
+            ("a", "churn_risk", None, "low"),
+            ("b", "churn_risk", None, "low"),
+            ("b", "churn_risk", "low", "high"),
+        ]
+        with engine.begin() as conn:
+            command.downgrade(alembic_config(conn), "0005")
+            assert conn.execute(sa.text(HISTORY_0005)).all() == changes
     finally:
         engine.dispose()

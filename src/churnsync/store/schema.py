@@ -10,7 +10,7 @@ the same thing: the customer has no value for that attribute.
 ::
 
     prediction_runs ─┬─< attribute_values     current value per (customer, attribute)
-                     └─< attribute_history    every change: old → new, run, changed_at
+                     └─< attribute_history    past values: value, run, valid_from → valid_to (0006)
     sync_runs ───────┬─< sync_batches         journal: one row per acknowledged request
                      ├─< sync_failures        one row per object the destination refused
                      ├─< destination_state    what each destination last acknowledged per (customer, attribute)
@@ -22,7 +22,8 @@ the same thing: the customer has no value for that attribute.
     selection_pending                         per destination: selected customers not acknowledged yet (0005)
     store_lock                                at most one row: the run holding the run lock (0002)
 
-A history row is valid from its ``changed_at`` until the next change of the same (customer, attribute).
+A value is current from its ``updated_at`` (``attribute_values``); when a write replaces it, it moves to
+``attribute_history`` with ``valid_to`` = the replacement's time.
 
 The four high-volume tables (current values, history, destination state, acks) carry run ids without
 foreign keys: on PostgreSQL the per-row constraint triggers took ~40 % of a bulk write. The store checks
@@ -131,19 +132,25 @@ attribute_values = sa.Table(
     sqlite_with_rowid=False,
 )
 
+#: Past values (revision 0006): one row per value that was current and has been replaced, valid from ``valid_from``
+#: until ``valid_to`` (the replacement). The current value lives only in ``attribute_values``, as the current row of a
+#: system-versioned table lives in the table and its past versions in the history table (SQL:2011): a value is
+#: written once while current, and moved here when replaced. A customer's history is these rows followed by the
+#: current value; a first load writes no history row.
 attribute_history = sa.Table(
     "attribute_history",
     metadata,
     sa.Column("id", id_type(), primary_key=True, autoincrement=True),
     sa.Column("customer_id", key_type(), nullable=False),
     sa.Column("attribute", key_type(), nullable=False),
-    sa.Column("old_num", sa.Double, nullable=True),
-    sa.Column("old_text", sa.Text, nullable=True),
-    sa.Column("new_num", sa.Double, nullable=True),
-    sa.Column("new_text", sa.Text, nullable=True),
+    sa.Column("num_value", sa.Double, nullable=True),
+    sa.Column("text_value", sa.Text, nullable=True),
+    # The run that set the value, and the run that replaced it.
     sa.Column("prediction_run_id", sa.Integer, nullable=False),
-    sa.Column("changed_at", UtcDateTime, nullable=False),
-    sa.Index(None, "customer_id", "attribute", "changed_at"),
+    sa.Column("replaced_by_run_id", sa.Integer, nullable=False),
+    sa.Column("valid_from", UtcDateTime, nullable=False),
+    sa.Column("valid_to", UtcDateTime, nullable=False),
+    sa.Index(None, "customer_id", "attribute", "valid_from"),
 )
 
 sync_runs = sa.Table(

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, make_url
 from churnsync.errors import StoreError
 from churnsync.records import Value
 from churnsync.store import schema as s
-from churnsync.store.store import AttributeStore
+from churnsync.store.store import AttributeStore, run_changes
 
 #: Bins of a distribution: 40 bars read well and keep a page small whatever the number of customers.
 HISTOGRAM_BINS = 40
@@ -291,8 +291,8 @@ class Movement:
 
 def movement(store: AttributeStore, run_id: int, previous_run_id: int | None, numeric: Sequence[str]) -> Movement:
     """How values moved in run ``run_id``: changes per attribute, tier transitions, and numeric deltas."""
-    h = s.attribute_history
-    in_run = h.c.prediction_run_id == run_id
+    h = run_changes(run_id)
+    in_run = sa.true()
     with store.transaction(f"read the changes of run {run_id}") as conn:
         n = sa.func.count().label("n")
         per_attribute = [
