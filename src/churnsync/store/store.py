@@ -5,10 +5,11 @@ One class, :class:`AttributeStore`, over SQLAlchemy Core on SQLite (the default,
 create them and are applied by :meth:`AttributeStore.open`.
 
 Bulk work is set-based: a run's predictions (one table, or an iterable of chunks) are staged into a temporary
-table, one row per customer (executemany on SQLite, COPY on PostgreSQL), then a few statements append the changed
-values to the history (per-attribute rules: absolute and relative tolerance, rounding, day granularity,
-``unless_changed`` coupling), upsert them into the current values, record which run last scored each customer, and
-mark the customers whose wanted state may have moved with the write's number from the change counter. The next
+table, one row per customer (executemany on SQLite, COPY on PostgreSQL), then a few statements find the changed
+values (per-attribute rules: absolute and relative tolerance, rounding, day granularity, ``unless_changed``
+coupling), move the values they replace to the history (which holds past values only), upsert them into the current
+values, record which run last scored each customer, and mark the customers whose wanted state may have moved with
+the write's number from the change counter. The next
 sync's changes are computed once per selection in SQL (with the destination's policy for customers no longer scored
 and for predictions older than a TTL), from the customers marked since that destination's last selection, those it
 left pending and those its policy drops since (every customer the first time), then streamed. Nothing loops per
@@ -741,7 +742,7 @@ class AttributeStore:
     def write_predictions(
         self, run_id: int, table: pa.Table | Iterable[pa.Table | pa.RecordBatch], attributes: AttributeSettings
     ) -> WriteSummary:
-        """Store one run's predictions: only values that really changed update the current row and the history.
+        """Store one run's predictions: only values that really changed replace current ones (moved to the history).
 
         ``table`` holds a string ``customer_id`` column and one column per attribute: numbers (rounded by
         the attribute's rule; NaN and ±inf are stored as no value), strings, timestamps (stored as ISO 8601
