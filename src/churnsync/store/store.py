@@ -329,6 +329,8 @@ _changes = sa.Table(
     postgresql_on_commit="DROP",
     sqlite_with_rowid=False,
 )
+#: The columns a write sets in attribute_values.
+_VALUE_COLUMNS = ["customer_id", "attribute", "num_value", "text_value", "prediction_run_id", "updated_at"]
 #: The store_counters row that numbers writes (see churnsync.store.schema.store_counters).
 CHANGES_COUNTER = "changes"
 
@@ -1510,7 +1512,6 @@ class AttributeStore:
             return empty, sa.select(wide.c.customer_id).where(sa.false())
         h, v, ch = s.attribute_history, s.attribute_values, _changes
         st = _long_stage(wide, plan)
-        columns = ["customer_id", "attribute", "num_value", "text_value", "prediction_run_id", "updated_at"]
         if conn.execute(sa.select(v.c.customer_id).limit(1)).first() is None:
             # A first load: with no current value, every staged value is new. It is written once, as a current value
             # (in key order: B-tree appends); the history holds only replaced values, so it gets nothing.
@@ -1527,17 +1528,8 @@ class AttributeStore:
                 .where(present)
                 .order_by(st.c.customer_id, st.c.attribute)
             )
-            if self._dialect == "postgresql":
-                # Into an empty table: its primary key is built once from the sorted rows (one sort, using parallel
-                # workers), not maintained row by row. Rolled back with the write if it fails.
-                conn.exec_driver_sql("ALTER TABLE attribute_values DROP CONSTRAINT pk_attribute_values")
-            conn.execute(v.insert().from_select(columns, rows))
-            if self._dialect == "postgresql":
-                conn.exec_driver_sql(f"SET LOCAL maintenance_work_mem = '{POSTGRES_WRITE_WORK_MEM}'")
-                conn.exec_driver_sql(
-                    "ALTER TABLE attribute_values ADD CONSTRAINT pk_attribute_values "
-                    "PRIMARY KEY (customer_id, attribute)"
-                )
+            with self._keys_built_after(conn, v):
+                conn.execute(v.insert().from_select(_VALUE_COLUMNS, rows))
             values = conn.execute(sa.select(sa.func.count()).select_from(v)).scalar_one()
             anything = sa.or_(*(wide.c[f"v{a.idx}"].is_not(None) for a in plan))
             customers = conn.execute(sa.select(sa.func.count()).select_from(wide).where(anything)).scalar_one()
@@ -1668,12 +1660,11 @@ class AttributeStore:
             sa.literal(run_id, sa.Integer),
             sa.literal(now, s.UtcDateTime()),
         )
-        columns = ["customer_id", "attribute", "num_value", "text_value", "prediction_run_id", "updated_at"]
         if self._dialect == "sqlite":
-            upsert = sqlite.insert(v).from_select(columns, new.where(sa.true()))
+            upsert = sqlite.insert(v).from_select(_VALUE_COLUMNS, new.where(sa.true()))
             upsert = upsert.on_conflict_do_update(
                 index_elements=[v.c.customer_id, v.c.attribute],
-                set_={name: upsert.excluded[name] for name in columns[2:]},
+                set_={name: upsert.excluded[name] for name in _VALUE_COLUMNS[2:]},
             )
             conn.execute(upsert)
             return
@@ -1684,7 +1675,7 @@ class AttributeStore:
             .where(ch.c.old_run_id.is_not(None), v.c.customer_id == ch.c.customer_id, v.c.attribute == ch.c.attribute)
             .values(num_value=ch.c.num_value, text_value=ch.c.text_value, prediction_run_id=run_id, updated_at=now)
         )
-        conn.execute(v.insert().from_select(columns, new.where(ch.c.old_run_id.is_(None))))
+        conn.execute(v.insert().from_select(_VALUE_COLUMNS, new.where(ch.c.old_run_id.is_(None))))
 
     @staticmethod
     def _tune_bulk_transaction(conn: Connection) -> None:
@@ -1740,6 +1731,18 @@ class AttributeStore:
         itself is older than such a selection's latest run or TTL cutoff, every customer it scores is marked.
         """
         c, runs, w = s.customers, s.prediction_runs, s.selection_watermarks
+        columns = ["customer_id", "first_run_id", "last_run_id", "changed_seq"]
+        if conn.execute(sa.select(c.c.customer_id).limit(1)).first() is None:
+            # No customer yet (a first load): everyone staged is new, and nobody can have been dropped.
+            everyone = sa.select(
+                wide.c.customer_id,
+                sa.literal(run_id, sa.Integer),
+                sa.literal(run_id, sa.Integer),
+                sa.literal(seq, sa.BigInteger),
+            ).order_by(wide.c.customer_id)
+            with self._keys_built_after(conn, c):
+                conn.execute(c.insert().from_select(columns, everyone))
+            return
         latest_seen, cutoff_seen = conn.execute(
             sa.select(
                 sa.func.max(sa.case((w.c.mode == "mirror", w.c.latest_run_id), else_=None)),
@@ -1763,24 +1766,6 @@ class AttributeStore:
             values["changed_seq"] = seq
         else:
             values["changed_seq"] = sa.case((sa.or_(*gaps, c.c.customer_id.in_(changed)), seq), else_=c.c.changed_seq)
-        columns = ["customer_id", "first_run_id", "last_run_id", "changed_seq"]
-        if conn.execute(sa.select(c.c.customer_id).limit(1)).first() is None:
-            # No customer yet (a first load): everyone staged is new. On PostgreSQL the table's indexes are built once
-            # from the sorted rows, not maintained row by row (rolled back with the write if it fails).
-            everyone = sa.select(
-                wide.c.customer_id,
-                sa.literal(run_id, sa.Integer),
-                sa.literal(run_id, sa.Integer),
-                sa.literal(seq, sa.BigInteger),
-            ).order_by(wide.c.customer_id)
-            if self._dialect == "postgresql":
-                conn.exec_driver_sql("ALTER TABLE customers DROP CONSTRAINT pk_customers")
-                conn.exec_driver_sql("DROP INDEX ix_customers_changed_seq")
-            conn.execute(c.insert().from_select(columns, everyone))
-            if self._dialect == "postgresql":
-                conn.exec_driver_sql("ALTER TABLE customers ADD CONSTRAINT pk_customers PRIMARY KEY (customer_id)")
-                conn.exec_driver_sql("CREATE INDEX ix_customers_changed_seq ON customers (changed_seq)")
-            return
         # One pass over the scored customers: every row gets last_run_id; the mark only where the case says so, which
         # leaves the index on changed_seq alone for the others (on PostgreSQL: heap-only updates). On PostgreSQL the
         # scored customers are matched by a merge of both keys, read in order, not by a lookup each.
@@ -2081,6 +2066,26 @@ class AttributeStore:
         else:
             conn.execute(w.update().where(w.c.destination == destination).values(**values))
         return streamed
+
+    @contextmanager
+    def _keys_built_after(self, conn: Connection, table: sa.Table) -> Iterator[None]:
+        """PostgreSQL: fill an empty ``table`` without its primary key and indexes, then build them once.
+
+        One sort per index (with parallel workers) instead of maintaining each row by row; the keys come from
+        ``schema.py``, and the whole is rolled back with the write if it fails. On SQLite a plain insert (its tables
+        are clustered on their keys, and rows arrive in key order).
+        """
+        if self._dialect != "postgresql":
+            yield
+            return
+        for index in table.indexes:
+            conn.execute(sa.schema.DropIndex(index))
+        conn.execute(sa.schema.DropConstraint(table.primary_key))
+        yield
+        conn.exec_driver_sql(f"SET LOCAL maintenance_work_mem = '{POSTGRES_WRITE_WORK_MEM}'")
+        conn.execute(sa.schema.AddConstraint(table.primary_key))
+        for index in table.indexes:
+            conn.execute(sa.schema.CreateIndex(index))
 
     @staticmethod
     def _merge_in_key_order(conn: Connection, *, reset: bool = False) -> None:
