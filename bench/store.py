@@ -131,34 +131,63 @@ def count_selection(store: AttributeStore) -> int:
 def acknowledge(url: str, run: int | None) -> None:
     """What a complete sync leaves behind, in bulk SQL (bench shortcut, not churnsync's sync path).
 
-    ``run`` None: everything (the first sync); else the values that run changed.
+    ``run`` None: everything (the first sync); else the values that run changed. As ``record_batch`` does for each
+    acknowledged request: the values are upserted into the acknowledged state and appended to the acknowledgement log,
+    in customer order (the order of a selection), and the customers leave the destination's pending set.
     """
     engine = sa.create_engine(url)
+    columns = "destination, customer_id, attribute, num_value, text_value, sync_run_id, acknowledged_at"
+    values = "SELECT 'braze', customer_id, attribute, num_value, text_value, 1, updated_at FROM attribute_values"
     with engine.begin() as conn:
         if run is None:
-            conn.execute(
-                sa.text(
-                    "INSERT INTO destination_state (destination, customer_id, attribute, num_value, text_value, "
-                    "sync_run_id, acknowledged_at) SELECT 'braze', customer_id, attribute, num_value, text_value, 1, "
-                    "updated_at FROM attribute_values"
-                )
-            )
+            acknowledged = f"{values} ORDER BY customer_id, attribute"
+            conn.execute(sa.text(f"INSERT INTO destination_state ({columns}) {acknowledged}"))
         else:
+            acknowledged = f"{values} WHERE prediction_run_id = :run ORDER BY customer_id, attribute"
             conn.execute(
                 sa.text(
-                    "UPDATE destination_state SET num_value = v.num_value, text_value = v.text_value "
-                    "FROM attribute_values v WHERE v.prediction_run_id = :run AND destination_state.destination = "
-                    "'braze' AND destination_state.customer_id = v.customer_id "
-                    "AND destination_state.attribute = v.attribute"
+                    f"INSERT INTO destination_state ({columns}) {acknowledged} "
+                    "ON CONFLICT (destination, customer_id, attribute) DO UPDATE SET num_value = excluded.num_value, "
+                    "text_value = excluded.text_value, sync_run_id = excluded.sync_run_id, "
+                    "acknowledged_at = excluded.acknowledged_at"
                 ),
                 {"run": run},
             )
-        # As record_batch does for every acknowledged customer: it leaves the destination's pending set.
+        conn.execute(sa.text(f"INSERT INTO destination_acks ({columns}) {acknowledged}"), {"run": run})
         pending = "DELETE FROM selection_pending WHERE destination = 'braze'"
         if run is not None:
             pending += " AND customer_id IN (SELECT customer_id FROM attribute_values WHERE prediction_run_id = :run)"
         conn.execute(sa.text(pending), {"run": run})
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_stat_force_next_flush()"))  # this session's counts, for a_day_later
     engine.dispose()
+
+
+def a_day_later(url: str) -> None:
+    """PostgreSQL: what the server does in the day between a sync and the next run, before that run is timed.
+
+    Autovacuum, with its default thresholds (this benchmark's server may run with it off): a table with more dead
+    rows than 50 + 20 % of its live rows, or more rows inserted since its last vacuum than 1,000 + 20 %, is
+    vacuumed; one with more rows changed since its last analysis than 50 + 10 % is analysed. Then a checkpoint
+    writes the sync's pages out, as the checkpointer would have.
+    """
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        tables = conn.execute(
+            sa.text(
+                "SELECT relname, n_dead_tup > 50 + 0.2 * n_live_tup OR n_ins_since_vacuum > 1000 + 0.2 * n_live_tup, "
+                "n_mod_since_analyze > 50 + 0.1 * n_live_tup FROM pg_stat_user_tables "
+                "WHERE schemaname = current_schema() ORDER BY relname"
+            )
+        ).all()
+        done = []
+        for table, vacuum, analyze in tables:
+            if vacuum or analyze:
+                conn.execute(sa.text(f"{'VACUUM (ANALYZE)' if vacuum else 'ANALYZE'} {table}"))
+                done.append(f"{table} ({'vacuumed' if vacuum else 'analysed'})")
+        conn.execute(sa.text("CHECKPOINT"))
+    engine.dispose()
+    print(f"    autovacuum would have: {', '.join(done) or 'nothing to vacuum'}; checkpoint", flush=True)
 
 
 def bench(engine: str, n: int, seed: int, share: float, runs: int, *, write_only: bool = False) -> dict[str, float]:
@@ -184,6 +213,8 @@ def bench(engine: str, n: int, seed: int, share: float, runs: int, *, write_only
             selected = timed("run 1: select (everyone)", lambda: count_selection(store), results)
             assert selected == n, (selected, n)
             timed("acknowledge all (bulk SQL)", lambda: acknowledge(url, None), results)
+            if engine == "postgresql":
+                timed("a day later (autovacuum, checkpoint)", lambda: a_day_later(url), results)
             for run in range(2, runs + 1):
                 expected = changed_count(n, seed, run, share)
                 label = f"run {run}: write ({share:.0%} changed)"
@@ -196,6 +227,8 @@ def bench(engine: str, n: int, seed: int, share: float, runs: int, *, write_only
                 print(f"  run {run} write + select: {total:.2f} s; selection = exactly the {expected:,} changed")
                 if run < runs:
                     timed(f"acknowledge run {run} (bulk SQL)", lambda r=prediction_run: acknowledge(url, r), results)
+                    if engine == "postgresql":
+                        timed("a day later (autovacuum, checkpoint)", lambda: a_day_later(url), results)
         print(f"  peak RSS of this process: {peak_rss_mib():.0f} MiB", flush=True)
     finally:
         if admin is not None:

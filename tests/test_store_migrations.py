@@ -118,11 +118,16 @@ def test_a_first_load_keeps_the_schema_of_schema_py(store_url: str) -> None:
                     conn.execute(
                         sa.text(
                             "SELECT relname, reloptions FROM pg_class "
-                            "WHERE oid IN ('attribute_values'::regclass, 'customers'::regclass)"
+                            "WHERE relname IN ('attribute_values', 'customers', 'destination_state') "
+                            "AND relnamespace = to_regnamespace(current_schema())::oid"
                         )
                     ).all()
                 )
-                assert options == {"attribute_values": ["fillfactor=90"], "customers": ["fillfactor=50"]}
+                assert options == {
+                    "attribute_values": ["fillfactor=90"],
+                    "customers": ["fillfactor=50"],
+                    "destination_state": ["fillfactor=90"],
+                }
         assert diff == []
     finally:
         engine.dispose()

@@ -162,3 +162,30 @@ def test_history_converts_to_past_values_and_back(store_url: str) -> None:
             assert conn.execute(sa.text(HISTORY_0005)).all() == changes
     finally:
         engine.dispose()
+
+
+def test_destination_state_gets_room_for_in_place_updates_and_keeps_its_rows(store_url: str) -> None:
+    """0006 → 0007 → 0006 keeps every acknowledged value; on PostgreSQL 0007 sets the fill factor and 0006 resets it."""
+    state = "SELECT destination, customer_id, attribute, num_value, text_value FROM destination_state ORDER BY 2, 3"
+    options = "SELECT reloptions FROM pg_class WHERE oid = 'destination_state'::regclass"
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0001")
+            for table in ("prediction_runs", "sync_runs", "destination_state"):
+                for sql in ROWS_0001[table]:
+                    conn.execute(sa.text(sql), {"t0": T0, "t1": T1})
+            command.upgrade(alembic_config(conn), "0006")
+            rows = conn.execute(sa.text(state)).all()
+            assert rows
+            command.upgrade(alembic_config(conn), "0007")
+            assert conn.execute(sa.text(state)).all() == rows
+            postgres = conn.dialect.name == "postgresql"
+            if postgres:
+                assert conn.execute(sa.text(options)).scalar_one() == ["fillfactor=90"]
+            command.downgrade(alembic_config(conn), "0006")
+            assert conn.execute(sa.text(state)).all() == rows
+            if postgres:
+                assert conn.execute(sa.text(options)).scalar_one() is None
+    finally:
+        engine.dispose()
