@@ -1609,13 +1609,20 @@ class AttributeStore:
         if self._dialect == "postgresql":
             conn.exec_driver_sql("ANALYZE pg_temp.churnsync_changes")  # temp tables: no autovacuum
         values_changed = conn.execute(sa.select(sa.func.count()).select_from(ch)).scalar_one()
-        # Per changed customer (not per value): is it new, i.e. without any current value before this write?
-        touched = sa.select(ch.c.customer_id).distinct().subquery("touched")
-        is_new = ~sa.exists().where(v.c.customer_id == touched.c.customer_id)
+        # Per changed customer (not per value): is it new, i.e. without any current value before this write? One
+        # that replaces a value is not; only the others (whose every change is a value it had none of) are looked up.
+        touched = (
+            sa.select(ch.c.customer_id, sa.func.max(ch.c.old_run_id).label("replaced"))
+            .group_by(ch.c.customer_id)
+            .subquery("touched")
+        )
+        is_new = sa.case(
+            (touched.c.replaced.is_not(None), 0),
+            (~sa.exists().where(v.c.customer_id == touched.c.customer_id), 1),
+            else_=0,
+        )
         customers_changed, customers_new = conn.execute(
-            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(sa.case((is_new, 1), else_=0)), 0)).select_from(
-                touched
-            )
+            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(is_new), 0)).select_from(touched)
         ).one()
         # The replaced values move to the history, valid until now.
         past = (
