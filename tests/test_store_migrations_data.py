@@ -127,15 +127,20 @@ HISTORY_0005 = (
 )
 
 
+def _at_0001_with(conn: sa.Connection, tables: tuple[str, ...]) -> None:
+    """Create the 0001 schema and fill ``tables`` with their rows of ROWS_0001."""
+    command.upgrade(alembic_config(conn), "0001")
+    for table in tables:
+        for sql in ROWS_0001[table]:
+            conn.execute(sa.text(sql), {"t0": T0, "t1": T1})
+
+
 def test_history_converts_to_past_values_and_back(store_url: str) -> None:
     """0005 → 0006 → 0005 gives back every change row; the history in between reads the same through the API."""
     engine = sa.create_engine(store_url)
     try:
         with engine.begin() as conn:
-            command.upgrade(alembic_config(conn), "0001")
-            for table in ("prediction_runs", "attribute_values", "attribute_history"):
-                for sql in ROWS_0001[table]:
-                    conn.execute(sa.text(sql), {"t0": T0, "t1": T1})
+            _at_0001_with(conn, ("prediction_runs", "attribute_values", "attribute_history"))
             command.upgrade(alembic_config(conn), "0005")
             changes = conn.execute(sa.text(HISTORY_0005)).all()
             command.upgrade(alembic_config(conn), "0006")
@@ -171,10 +176,7 @@ def test_destination_state_gets_room_for_in_place_updates_and_keeps_its_rows(sto
     engine = sa.create_engine(store_url)
     try:
         with engine.begin() as conn:
-            command.upgrade(alembic_config(conn), "0001")
-            for table in ("prediction_runs", "sync_runs", "destination_state"):
-                for sql in ROWS_0001[table]:
-                    conn.execute(sa.text(sql), {"t0": T0, "t1": T1})
+            _at_0001_with(conn, ("prediction_runs", "sync_runs", "destination_state"))
             command.upgrade(alembic_config(conn), "0006")
             rows = conn.execute(sa.text(state)).all()
             assert rows
