@@ -1684,8 +1684,7 @@ class AttributeStore:
         # with every current value (46 s, two thirds of it walking hash buckets, against 1.1 s at 1M). Few changes:
         # each looked up by its key, in key order (the changes are written in that order); many: one merge of both
         # primary keys.
-        current = conn.exec_driver_sql("SELECT reltuples FROM pg_class WHERE oid = to_regclass('attribute_values')")
-        if changed < UPDATE_LOOKUP_SHARE * max(float(current.scalar() or 0), 1.0):
+        if changed < UPDATE_LOOKUP_SHARE * max(self._estimated_rows(conn, "attribute_values"), 1.0):
             for method in ("hashjoin", "mergejoin", "memoize"):
                 conn.exec_driver_sql(f"SET LOCAL enable_{method} = off")
         else:
@@ -1727,9 +1726,15 @@ class AttributeStore:
     @staticmethod
     def _analyze_if_grown(conn: Connection, table: str, written: int) -> None:
         """PostgreSQL: ANALYZE ``table`` when this transaction wrote more rows than a tenth of what it last counted."""
-        counted = conn.exec_driver_sql(f"SELECT reltuples FROM pg_class WHERE oid = to_regclass('{table}')").scalar()
-        if written > ANALYZE_AFTER_CHANGED_ROWS and written > 0.1 * max(float(counted or 0), 0.0):
+        counted = AttributeStore._estimated_rows(conn, table)
+        if written > ANALYZE_AFTER_CHANGED_ROWS and written > 0.1 * max(counted, 0.0):
             conn.exec_driver_sql(f"ANALYZE {table}")
+
+    @staticmethod
+    def _estimated_rows(conn: Connection, table: str) -> float:
+        """PostgreSQL: the rows ``table`` held when last analysed or vacuumed (``reltuples``; 0 or -1 before that)."""
+        counted = conn.exec_driver_sql(f"SELECT reltuples FROM pg_class WHERE oid = to_regclass('{table}')").scalar()
+        return float(counted or 0)
 
     @staticmethod
     def _next_change_seq(conn: Connection) -> int:
@@ -2019,14 +2024,12 @@ class AttributeStore:
             # Counted, not the INSERT's rowcount: psycopg reports -1 for an INSERT ... SELECT sent this way.
             picked = conn.execute(sa.select(sa.func.count()).select_from(_candidates)).scalar_one()
             if self._dialect == "postgresql":
-                total = conn.exec_driver_sql(
-                    "SELECT reltuples FROM pg_class WHERE oid = to_regclass('customers')"
-                ).scalar()
+                total = self._estimated_rows(conn, "customers")
             else:
-                total = conn.execute(sa.select(sa.func.count()).select_from(c)).scalar()
+                total = float(conn.execute(sa.select(sa.func.count()).select_from(c)).scalar_one())
             # Many candidates (e.g. right after a sync of everyone, whose customers are all pending): one pass over
             # every value costs less than looking each candidate up.
-            candidates = _candidates if picked < SELECT_LOOKUP_SHARE * max(float(total or 0), 1.0) else None
+            candidates = _candidates if picked < SELECT_LOOKUP_SHARE * max(total, 1.0) else None
             if self._dialect == "sqlite" and candidates is not None:
                 # Its size, for the planner: without it SQLite scans every current value and probes the candidates.
                 conn.exec_driver_sql("ANALYZE temp.churnsync_candidates")
