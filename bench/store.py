@@ -17,8 +17,11 @@ in chunks (``write_predictions`` takes an iterable of tables), so this process h
 RSS is that of the store's own work (the whole of ``churnsync run``'s store side).
 
 Prints wall seconds per step, this process's CPU seconds (on SQLite all the work; on PostgreSQL the client's share),
-the 1-minute load average (the machine is shared: a high load stretches wall time), and the process's peak RSS. The
-default size is small so ``make bench`` stays quick; docs/benchmarks.md has the commands of its figures, e.g.::
+the 1-minute load average (the machine is shared: a high load stretches wall time), the speed probe, and the process's
+peak RSS. The speed probe is a separate process that times a fixed pure-Python task every two seconds; the median of
+its times during a step says how fast the machine ran then (the same code has run 2-3x slower on this machine kind
+from one hour to the next, at the same load), so steps of different sizes can be compared per unit of machine speed.
+The default size is small so ``make bench`` stays quick; docs/benchmarks.md has the commands of its figures, e.g.::
 
     python bench/store.py --customers 1000000 --engine both
     python bench/store.py --customers 10000000 --engine postgresql
@@ -29,7 +32,11 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -101,14 +108,64 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+#: The speed probe's task (about 20 ms on a quiet machine of this kind) and loop: one line per timing, on stdout.
+_PROBE = """
+import sys, time
+def task():
+    total = 0
+    for i in range(200_000):
+        total += (i * i) % 7
+    return sorted(str(i) for i in range(20_000))[-1], total
+while True:
+    start = time.monotonic()
+    task()
+    end = time.monotonic()
+    print(end, end - start, flush=True)
+    time.sleep(2.0)
+"""
+
+
+class SpeedProbe:
+    """A child process that times a fixed task every two seconds; ``during(start, end)`` is its median then (ms)."""
+
+    def __init__(self) -> None:
+        self._child = subprocess.Popen([sys.executable, "-c", _PROBE], stdout=subprocess.PIPE, text=True)
+        self._times: list[tuple[float, float]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._child.stdout is not None
+        for line in self._child.stdout:
+            stamp, took = line.split()
+            self._times.append((float(stamp), float(took)))
+
+    def during(self, start: float, end: float) -> float | None:
+        times = [took for stamp, took in list(self._times) if start <= stamp <= end]
+        return statistics.median(times) * 1000 if times else None
+
+    def __enter__(self) -> SpeedProbe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._child.kill()
+        self._child.wait()
+
+
+#: Set by main(): the probe the steps report.
+PROBE: SpeedProbe | None = None
+
+
 def timed(label: str, fn: Callable[[], Any], results: dict[str, float]) -> Any:
-    start, cpu = time.perf_counter(), time.process_time()
+    start, cpu, began = time.perf_counter(), time.process_time(), time.monotonic()
     value = fn()
     results[label] = time.perf_counter() - start
     used = time.process_time() - cpu
     load = os.getloadavg()[0]
+    speed = PROBE.during(began, time.monotonic()) if PROBE is not None else None
+    probe = f", probe {speed:5.1f} ms" if speed is not None else ""
     print(
-        f"  {label:<40} {results[label]:8.2f} s  (this process's CPU {used:7.2f} s, load {load:4.1f})"
+        f"  {label:<40} {results[label]:8.2f} s  (this process's CPU {used:7.2f} s, load {load:4.1f}{probe})"
         f"   peak RSS {peak_rss_mib():7.0f} MiB",
         flush=True,
     )
@@ -202,6 +259,8 @@ def bench(engine: str, n: int, seed: int, share: float, runs: int, *, write_only
         admin = sa.create_engine(PG_ADMIN_URL)
         with admin.begin() as conn:
             conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+            buffers = conn.execute(sa.text("SHOW shared_buffers")).scalar()
+        print(f"  server: shared_buffers {buffers}", flush=True)
         url = f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
     rules = AttributeSettings()
     try:
@@ -251,8 +310,10 @@ def main() -> None:
     parser.add_argument("--write-only", action="store_true", help="Only run 1's write (a first load), then stop.")
     args = parser.parse_args()
     engines = ["sqlite", "postgresql"] if args.engine == "both" else [args.engine]
-    for engine in engines:
-        bench(engine, args.customers, args.seed, args.changed_share, args.runs, write_only=args.write_only)
+    global PROBE
+    with SpeedProbe() as PROBE:
+        for engine in engines:
+            bench(engine, args.customers, args.seed, args.changed_share, args.runs, write_only=args.write_only)
 
 
 if __name__ == "__main__":
