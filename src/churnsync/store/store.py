@@ -93,6 +93,8 @@ SELECT_LOOKUP_SHARE = 0.25
 #: PostgreSQL: a write whose changed values are fewer than this share of the current values updates them by key
 #: lookups; more, by one merge of the changes with every current value.
 UPDATE_LOOKUP_SHARE = 0.25
+#: PostgreSQL: the plan methods turned off so that joins of whole tables are merges of their primary keys.
+_MERGE_IN_KEY_ORDER = ("hashjoin", "sort")
 #: A move of exactly the tolerance counts as a change; this absorbs binary rounding (0.58 - 0.56 < 0.02).
 TOLERANCE_SLACK = 1e-9
 
@@ -1684,18 +1686,15 @@ class AttributeStore:
         # with every current value (46 s, two thirds of it walking hash buckets, against 1.1 s at 1M). Few changes:
         # each looked up by its key, in key order (the changes are written in that order); many: one merge of both
         # primary keys.
-        if changed < UPDATE_LOOKUP_SHARE * max(self._estimated_rows(conn, "attribute_values"), 1.0):
-            for method in ("hashjoin", "mergejoin", "memoize"):
-                conn.exec_driver_sql(f"SET LOCAL enable_{method} = off")
-        else:
-            self._merge_in_key_order(conn)
+        few = changed < UPDATE_LOOKUP_SHARE * max(self._estimated_rows(conn, "attribute_values"), 1.0)
+        methods = ("hashjoin", "mergejoin", "memoize") if few else _MERGE_IN_KEY_ORDER
+        self._set_plan_methods(conn, methods, "off")
         conn.execute(
             v.update()
             .where(ch.c.old_run_id.is_not(None), v.c.customer_id == ch.c.customer_id, v.c.attribute == ch.c.attribute)
             .values(num_value=ch.c.num_value, text_value=ch.c.text_value, prediction_run_id=run_id, updated_at=now)
         )
-        for method in ("hashjoin", "mergejoin", "memoize", "sort"):
-            conn.exec_driver_sql(f"SET LOCAL enable_{method} = DEFAULT")
+        self._set_plan_methods(conn, methods, "DEFAULT")
         conn.execute(v.insert().from_select(_VALUE_COLUMNS, new.where(ch.c.old_run_id.is_(None))))
 
     @staticmethod
@@ -2038,7 +2037,7 @@ class AttributeStore:
                 # Few candidates: look their rows up by key. Statistics of destination_state lag behind a sync's
                 # many small commits until autovacuum analyses it, and a plan that hashes the whole acknowledged
                 # state would read every row this selection exists to skip.
-                conn.exec_driver_sql("SET LOCAL enable_hashjoin = off")
+                self._set_plan_methods(conn, ("hashjoin",), "off")
         if self._dialect == "postgresql" and candidates is None:
             self._refresh_statistics(conn, "attribute_values", "destination_state")
         query = self._changes_query(
@@ -2119,9 +2118,13 @@ class AttributeStore:
         Hashing every current value (or sorting both sides) outgrows work_mem and spills to disk as the store grows;
         the merge reads both tables in key order, linear in their size, and yields rows in that order.
         """
-        value = "DEFAULT" if reset else "off"
-        conn.exec_driver_sql(f"SET LOCAL enable_hashjoin = {value}")
-        conn.exec_driver_sql(f"SET LOCAL enable_sort = {value}")
+        AttributeStore._set_plan_methods(conn, _MERGE_IN_KEY_ORDER, "DEFAULT" if reset else "off")
+
+    @staticmethod
+    def _set_plan_methods(conn: Connection, methods: tuple[str, ...], value: str) -> None:
+        """PostgreSQL: turn the planner's ``enable_<method>`` settings off or back to DEFAULT for this transaction."""
+        for method in methods:
+            conn.exec_driver_sql(f"SET LOCAL enable_{method} = {value}")
 
     def _stream_changes(
         self, destination: str, chunk_size: int, *, mirror: bool = False, cutoff: datetime | None = None
