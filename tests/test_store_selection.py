@@ -8,11 +8,14 @@ Python from the current values, the acknowledged state and who was scored when.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
@@ -252,6 +255,110 @@ def test_the_selected_values_are_exactly_the_changes(store: AttributeStore) -> N
     selected = [c for chunk in store.select_changes("braze", chunk_size=2) for c in chunk]
     assert [c.customer_id for c in selected] == ["a", "b", "c"]
     assert all(isinstance(c, Change) for c in selected)
+
+
+#: Doubles whose text forms go wrong in the usual ways: shortest repr, whole numbers (an int in JSON), the 15- and
+#: 17-digit edges, exponents both ways, subnormal and the largest finite double.
+AWKWARD_NUMBERS = [
+    0.1 + 0.2,
+    1e-7,
+    5.0,
+    -3.0,
+    0.0,
+    123456789012345.0,
+    999999999999999.0,
+    1e15,
+    2.0**53,
+    2.0**53 + 2,
+    1e300,
+    5e-324,
+    -2.5,
+    1.7976931348623157e308,
+    0.30000000000000004,
+    2 / 3,
+]
+AWKWARD_TEXTS = ['a "quoted" word', "back\\slash", "new\nline", "tab\t", "é ✓ 🙂", "", "null", "5.0", "{}"]
+
+
+def test_selected_values_read_back_exactly_with_their_types(store: AttributeStore) -> None:
+    """Numbers come back as the same double and as floats (never ints), texts as the same string."""
+    count = max(len(AWKWARD_NUMBERS), len(AWKWARD_TEXTS))
+    ids = [f"c{i:02d}" for i in range(count)]
+    numbers = [AWKWARD_NUMBERS[i % len(AWKWARD_NUMBERS)] for i in range(count)]
+    texts = [AWKWARD_TEXTS[i % len(AWKWARD_TEXTS)] for i in range(count)]
+    run = store.start_prediction_run(as_of=store._now(), horizon_days=30, model_version="m", details={})
+    table = pa.table({"customer_id": ids, "n": pa.array(numbers, pa.float64()), "t": pa.array(texts, pa.string())})
+    store.write_predictions(run, table, AttributeSettings(rules={}))
+    store.finish_prediction_run(run, status="succeeded", summary={})
+    selected = select(store, "braze")
+    assert selected == {i: {"n": n, "t": t} for i, n, t in zip(ids, numbers, texts, strict=True)}
+    assert all(type(values["n"]) is float for values in selected.values())
+    assert str(selected["c01"]["n"]) == "1e-07" and math.copysign(1.0, selected["c04"]["n"]) == 1.0
+
+
+def test_each_change_lists_its_attributes_in_name_order(store: AttributeStore) -> None:
+    """The payload's key order is the same from run to run, whatever the order of the predictions' columns."""
+    run = store.start_prediction_run(as_of=store._now(), horizon_days=30, model_version="m", details={})
+    table = pa.table({"customer_id": ["a", "b"], "zeta": [1.5, 2.5], "alpha": ["x", "y"], "mid": [0.25, None]})
+    store.write_predictions(run, table, AttributeSettings(rules={}))
+    store.finish_prediction_run(run, status="succeeded", summary={})
+    changes = [c for chunk in store.select_changes("braze") for c in chunk]
+    assert [(c.customer_id, list(c.values)) for c in changes] == [
+        ("a", ["alpha", "mid", "zeta"]),
+        ("b", ["alpha", "zeta"]),
+    ]
+
+
+def test_postgresql_selects_the_same_through_a_server_cursor_as_through_a_chunked_stream(
+    postgres_url: str, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a libpq older than 17 (no chunked rows), the selection is read through a server-side cursor instead."""
+    with AttributeStore.open(postgres_url, clock=clock) as pg:
+        write(pg, {f"c{i:03d}": {"p": i / 1000, "tier": "low" if i % 2 else "high"} for i in range(250)})
+        streamed = [c for chunk in pg.select_changes("braze", chunk_size=7) for c in chunk]
+        with pg._engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM selection_watermarks"))
+        monkeypatch.setattr(store_module, "CHUNKED_ROWS_LIBPQ", 10**9)
+        monkeypatch.setattr(store_module, "SELECT_FETCH_ROWS", 40)  # several round trips
+        by_cursor = [c for chunk in pg.select_changes("braze", chunk_size=7) for c in chunk]
+    assert len(streamed) == 250 and by_cursor == streamed
+
+
+def test_postgresql_an_error_while_parsing_the_stream_surfaces_and_leaves_the_store_usable(
+    postgres_url: str, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error raised between two rows of the stream (here: parsing) ends the selection, instead of waiting forever."""
+    with AttributeStore.open(postgres_url, clock=clock) as pg:
+        write(pg, {f"c{i:03d}": {"p": 0.5, "tier": "low"} for i in range(100)})
+        calls = iter(range(1_000))
+
+        def failing_loads(document: str) -> Any:
+            if next(calls) == 40:
+                raise ValueError("unreadable document")
+            return orjson.loads(document)
+
+        with monkeypatch.context() as patched, pytest.raises(ValueError, match="unreadable document"):
+            patched.setattr(store_module, "orjson", SimpleNamespace(loads=failing_loads))
+            select(pg, "braze")
+        assert len(select(pg, "braze")) == 100
+
+
+def test_a_consumer_that_stops_early_leaves_no_query_running(store: AttributeStore, db: sa.Engine) -> None:
+    write(store, {f"c{i:04d}": {"p": 0.5, "tier": "low"} for i in range(3000)})
+    stream = store.select_changes("braze", chunk_size=10)
+    first = next(stream)
+    stream.close()
+    assert len(first) == 10
+    if store.dialect == "postgresql":
+        with db.connect() as conn:
+            busy = conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name = 'churnsync' AND state <> 'idle'"
+                )
+            ).scalar_one()
+        assert busy == 0
+    assert len(select(store, "braze")) == 3000  # the selection is whole again (nothing was acknowledged)
 
 
 def pending(db: sa.Engine, destination: str) -> set[str]:
