@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from types import SimpleNamespace
@@ -21,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from churnsync.config import AttributeRule, AttributeSettings
+from churnsync.errors import StoreError
 from churnsync.records import BatchOutcome, Change, ObjectFailure, Value
 from churnsync.store import AttributeStore
 from churnsync.store import store as store_module
@@ -341,6 +343,48 @@ def test_postgresql_an_error_while_parsing_the_stream_surfaces_and_leaves_the_st
             patched.setattr(store_module, "orjson", SimpleNamespace(loads=failing_loads))
             select(pg, "braze")
         assert len(select(pg, "braze")) == 100
+
+
+def test_postgresql_a_slow_sync_outlasts_a_statement_timeout_set_for_the_store(postgres_url: str, clock: Clock) -> None:
+    """The selection streams as one statement for as long as the sync reads it; a role's statement_timeout is no limit.
+
+    The result is larger than the socket's buffers, so the server is still sending when the consumer, sleeping
+    between chunks, passes the timeout.
+    """
+    with AttributeStore.open(postgres_url, clock=clock) as pg:
+        write(pg, {f"c{i:06d}": {"p": 0.123456789, "tier": "x" * 200} for i in range(60_000)})
+    with AttributeStore.open(f"{postgres_url}%20-cstatement_timeout%3D300", clock=clock) as limited:
+        with pytest.raises(sa.exc.OperationalError, match="statement timeout"), limited._engine.connect() as conn:
+            conn.exec_driver_sql("SELECT pg_sleep(0.5)")  # the limit holds for the store's connections
+        started, seen = time.monotonic(), 0
+        for chunk in limited.select_changes("braze", chunk_size=2_000):
+            seen += len(chunk)
+            if time.monotonic() - started < 1.0:
+                time.sleep(0.2)
+    assert seen == 60_000
+
+
+@pytest.mark.parametrize("end", ["pg_cancel_backend", "pg_terminate_backend"])
+def test_postgresql_a_stream_cancelled_or_cut_off_is_a_store_error(postgres_url: str, clock: Clock, end: str) -> None:
+    """A query cancelled (the connection lives on) or a connection lost while the sync reads: a one-line StoreError."""
+    admin = sa.create_engine(postgres_url)
+    with AttributeStore.open(postgres_url, clock=clock) as pg:
+        write(pg, {f"c{i:06d}": {"p": 0.5, "tier": "x" * 200} for i in range(60_000)})
+        stream = pg.select_changes("braze", chunk_size=1_000)
+        next(stream)
+        with admin.begin() as conn:
+            ended = conn.execute(
+                sa.text(
+                    f"SELECT {end}(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'churnsync' AND query LIKE 'SELECT changes.customer_id%'"
+                )
+            ).scalars()
+            assert list(ended) == [True]
+        with pytest.raises(StoreError, match="cannot select the changes for braze"):
+            for _ in stream:
+                pass
+        assert len(select(pg, "braze")) == 60_000  # nothing was acknowledged: the next selection has everyone
+    admin.dispose()
 
 
 def test_a_consumer_that_stops_early_leaves_no_query_running(store: AttributeStore, db: sa.Engine) -> None:

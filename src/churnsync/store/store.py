@@ -2182,7 +2182,13 @@ class AttributeStore:
                     with conn.begin():
                         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {temp}.churnsync_selected")
                         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {temp}.churnsync_candidates")
-        except sa.exc.SQLAlchemyError as exc:
+        except Exception as exc:
+            # The stream reads through the driver's own cursor: its errors (a cancelled or lost connection) are the
+            # store's too, as SQLAlchemy's are.
+            if not (
+                isinstance(exc, sa.exc.SQLAlchemyError | sqlite3.Error) or type(exc).__module__.startswith("psycopg")
+            ):
+                raise
             if _while_closing(exc):
                 return  # the consumer closed the stream (it failed itself, or exits): its clean-up has nobody to tell
             raise self._error(action, exc) from exc
@@ -2219,6 +2225,10 @@ class AttributeStore:
         )
         conn.exec_driver_sql("SET LOCAL extra_float_digits = 1")
         conn.exec_driver_sql("SET LOCAL enable_hashagg = off")
+        # The stream is one statement that lasts as long as the sync reading it (the server waits while the sync sends):
+        # a statement_timeout set for the role or database would cancel a long sync halfway. This read-only statement
+        # is exempt; a server-side cursor's fetches (older libpq) are short statements of their own.
+        conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
         compiled = documents.compile(dialect=conn.dialect)
         sql, params = str(compiled), compiled.params
         import psycopg  # the driver of every PostgreSQL store; not needed to open a SQLite one
