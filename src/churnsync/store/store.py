@@ -1359,7 +1359,7 @@ class AttributeStore:
             raise self._error(action, exc) from exc
         except Exception as exc:
             # The bulk paths (COPY, executemany) talk to the driver directly: its errors are the store's too.
-            if isinstance(exc, sqlite3.Error) or type(exc).__module__.startswith("psycopg"):
+            if _driver_error(exc):
                 raise self._error(action, exc) from exc
             raise
 
@@ -1475,7 +1475,7 @@ class AttributeStore:
                     "predictions: a customer_id appears more than once (in two chunks of one write)",
                     remedy="Score each customer once per run",
                 ) from None
-            if isinstance(exc, sqlite3.Error) or type(exc).__module__.startswith("psycopg"):
+            if _driver_error(exc):
                 raise self._error("stage the predictions", exc) from exc
             raise
 
@@ -2185,9 +2185,7 @@ class AttributeStore:
         except Exception as exc:
             # The stream reads through the driver's own cursor: its errors (a cancelled or lost connection) are the
             # store's too, as SQLAlchemy's are.
-            if not (
-                isinstance(exc, sa.exc.SQLAlchemyError | sqlite3.Error) or type(exc).__module__.startswith("psycopg")
-            ):
+            if not (isinstance(exc, sa.exc.SQLAlchemyError) or _driver_error(exc)):
                 raise
             if _while_closing(exc):
                 return  # the consumer closed the stream (it failed itself, or exits): its clean-up has nobody to tell
@@ -2288,6 +2286,11 @@ class AttributeStore:
             chunk.append(Change(customer, values))
         if chunk:
             yield chunk
+
+
+def _driver_error(exc: BaseException) -> bool:
+    """True for an error of the database driver itself (sqlite3, psycopg), raised where the store uses it directly."""
+    return isinstance(exc, sqlite3.Error) or type(exc).__module__.startswith("psycopg")
 
 
 def _while_closing(exc: BaseException) -> bool:
