@@ -189,8 +189,9 @@ def acknowledge(url: str, run: int | None) -> None:
     """What a complete sync leaves behind, in bulk SQL (bench shortcut, not churnsync's sync path).
 
     ``run`` None: everything (the first sync); else the values that run changed. As ``record_batch`` does for each
-    acknowledged request: the values are upserted into the acknowledged state and appended to the acknowledgement log,
-    in customer order (the order of a selection), and the customers leave the destination's pending set.
+    acknowledged request: the acknowledgements these replace move to the log (``destination_acks``), the values are
+    upserted into the acknowledged state in customer order (the order of a selection), and the customers leave the
+    destination's pending set.
     """
     engine = sa.create_engine(url)
     columns = "destination, customer_id, attribute, num_value, text_value, sync_run_id, acknowledged_at"
@@ -200,6 +201,15 @@ def acknowledge(url: str, run: int | None) -> None:
             acknowledged = f"{values} ORDER BY customer_id, attribute"
             conn.execute(sa.text(f"INSERT INTO destination_state ({columns}) {acknowledged}"))
         else:
+            conn.execute(
+                sa.text(
+                    f"INSERT INTO destination_acks ({columns}) SELECT d.destination, d.customer_id, d.attribute, "
+                    "d.num_value, d.text_value, d.sync_run_id, d.acknowledged_at FROM destination_state d "
+                    "JOIN attribute_values v ON v.customer_id = d.customer_id AND v.attribute = d.attribute "
+                    "WHERE d.destination = 'braze' AND v.prediction_run_id = :run ORDER BY d.customer_id, d.attribute"
+                ),
+                {"run": run},
+            )
             acknowledged = f"{values} WHERE prediction_run_id = :run ORDER BY customer_id, attribute"
             conn.execute(
                 sa.text(
@@ -210,7 +220,6 @@ def acknowledge(url: str, run: int | None) -> None:
                 ),
                 {"run": run},
             )
-        conn.execute(sa.text(f"INSERT INTO destination_acks ({columns}) {acknowledged}"), {"run": run})
         pending = "DELETE FROM selection_pending WHERE destination = 'braze'"
         if run is not None:
             pending += " AND customer_id IN (SELECT customer_id FROM attribute_values WHERE prediction_run_id = :run)"

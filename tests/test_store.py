@@ -15,6 +15,7 @@ from churnsync.config import AttributeRule, AttributeSettings
 from churnsync.errors import StoreError
 from churnsync.records import BatchOutcome, Change, ObjectFailure, SyncCounts, Value
 from churnsync.store import AttributeStore, WriteSummary
+from churnsync.web.queries import destination_view
 from clocks import Clock
 
 RULES = AttributeSettings(rules={"churn_probability": AttributeRule(round=2, abs_tolerance=0.02)})
@@ -206,6 +207,38 @@ def test_history_has_old_and_new_values_runs_validity_and_acknowledgements(store
     assert history[1].acknowledged == {"braze": ack_both, "eu": ack_both}
     assert all(e.model_version == "test-1" and e.changed_at.tzinfo is not None for e in history)
     assert store.history("nobody") == []
+
+
+def test_an_acknowledgement_is_written_once_and_moves_to_the_log_when_replaced(
+    store: AttributeStore, db: sa.Engine, clock: Clock
+) -> None:
+    write(store, {"customer_id": ["a", "b"], "churn_probability": [0.2, 0.4]})
+    first = acknowledge(store)
+    clock.advance(hours=1)
+    write(store, {"customer_id": ["a", "b"], "churn_probability": [0.7, 0.4]})
+    second = acknowledge(store)
+    log = "SELECT customer_id, num_value, sync_run_id FROM destination_acks ORDER BY id"
+    state = "SELECT customer_id, num_value, sync_run_id FROM destination_state ORDER BY customer_id"
+    with db.connect() as conn:
+        # The latest acknowledgement of each key is in the state only; a's first one moved to the log when replaced.
+        assert [tuple(r) for r in conn.execute(sa.text(state))] == [("a", 0.7, second), ("b", 0.4, first)]
+        assert [tuple(r) for r in conn.execute(sa.text(log))] == [("a", 0.2, first)]
+    # Acknowledged again with the same value (a resend): the log still gets the one it replaced.
+    sync = store.start_sync_run("braze", prediction_run_id=None)
+    resend = BatchOutcome(
+        seq=0, accepted=[Change("a", {"churn_probability": 0.7})], failed=[], http_status=201, attempts=1
+    )
+    store.record_batch(sync, "braze", resend)
+    with db.connect() as conn:
+        assert [tuple(r) for r in conn.execute(sa.text(log))] == [("a", 0.2, first), ("a", 0.7, second)]
+        assert conn.execute(sa.text(state)).first() == ("a", 0.7, sync)
+    acknowledged = [(e.new_value, e.acknowledged) for e in store.history("a")]
+    assert [value for value, _ in acknowledged] == [0.2, 0.7]
+    assert all(set(destinations) == {"braze"} for _, destinations in acknowledged)
+    # The dashboard's customer page: what the destination holds (the latest), and the whole log, newest first.
+    view = destination_view(store, "a", set())
+    assert [(r["value"], r["sync_run_id"]) for r in view["state"]] == [(0.7, sync)]
+    assert [(r["value"], r["sync_run_id"]) for r in view["acks"]] == [(0.7, sync), (0.7, second), (0.2, first)]
 
 
 def test_partial_acceptance_keeps_failed_customers_selected(store: AttributeStore, db: sa.Engine) -> None:

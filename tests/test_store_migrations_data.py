@@ -49,6 +49,9 @@ ROWS_0001 = {
         "INSERT INTO destination_acks (sync_run_id, destination, customer_id, attribute, num_value, text_value, "
         "acknowledged_at) VALUES (1, 'braze', 'a', 'churn_risk', NULL, 'low', :t0), "
         "(1, 'braze', 'a', 'churn_probability', 0.2, NULL, :t0)",
+        # An acknowledgement that a later one of its key replaced: not repeated by destination_state.
+        "INSERT INTO destination_acks (sync_run_id, destination, customer_id, attribute, num_value, text_value, "
+        "acknowledged_at) VALUES (1, 'braze', 'a', 'churn_risk', NULL, 'medium', :t0)",
     ],
 }
 
@@ -78,8 +81,9 @@ def test_upgrade_from_0001_keeps_every_row_and_fills_the_new_tables(store_url: s
                 counter = conn.execute(sa.text("SELECT value FROM store_counters WHERE name = 'changes'")).scalar_one()
                 watermarks = conn.execute(sa.text("SELECT count(*) FROM selection_watermarks")).scalar_one()
             # 0006: the history keeps past values only. b's "low" (run 1, replaced by run 3 at T1) is one; the other
-            # three change rows held values still current, which live in attribute_values alone.
-            assert after == before | {"attribute_history": 1}
+            # three change rows held values still current, which live in attribute_values alone. 0008: likewise the
+            # acknowledgement log keeps the replaced acknowledgement only; the other two repeat destination_state.
+            assert after == before | {"attribute_history": 1, "destination_acks": 1}
             assert [
                 (e.old_value, e.new_value, e.prediction_run_id, e.changed_at, e.valid_to) for e in store.history("b")
             ] == [
@@ -189,5 +193,28 @@ def test_destination_state_gets_room_for_in_place_updates_and_keeps_its_rows(sto
             assert conn.execute(sa.text(state)).all() == rows
             if postgres:
                 assert conn.execute(sa.text(options)).scalar_one() is None
+    finally:
+        engine.dispose()
+
+
+def test_the_acknowledgement_log_drops_rows_the_state_repeats_and_gets_them_back(store_url: str) -> None:
+    """0007 → 0008 → 0007: log rows repeating destination_state go and come back; a replaced acknowledgement stays."""
+    log = (
+        "SELECT sync_run_id, destination, customer_id, attribute, num_value, text_value, acknowledged_at "
+        "FROM destination_acks ORDER BY customer_id, attribute, text_value"
+    )
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            _at_0001_with(conn, ("prediction_runs", "sync_runs", "destination_state", "destination_acks"))
+            command.upgrade(alembic_config(conn), "0007")
+            rows = conn.execute(sa.text(log)).all()
+            assert len(rows) == 3
+            command.upgrade(alembic_config(conn), "0008")
+            assert [(r.customer_id, r.attribute, r.text_value) for r in conn.execute(sa.text(log))] == [
+                ("a", "churn_risk", "medium")
+            ]
+            command.downgrade(alembic_config(conn), "0007")
+            assert conn.execute(sa.text(log)).all() == rows
     finally:
         engine.dispose()

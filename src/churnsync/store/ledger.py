@@ -174,11 +174,15 @@ def record_run_failures(
     ``failed`` maps a customer refused in this run to (reason, values hash). Returns how many customers
     were newly quarantined.
     """
-    f, acks = s.sync_object_failures, s.destination_acks
+    f, d = s.sync_object_failures, s.destination_state
     now = datetime.now(UTC)
     with store.transaction(f"record the failures of sync run {sync_run_id}", write=True) as conn:
-        accepted = sa.select(acks.c.customer_id).where(acks.c.sync_run_id == sync_run_id)
-        conn.execute(f.delete().where(f.c.destination == destination, f.c.customer_id.in_(accepted)))
+        # A customer this run acknowledged holds this run's state for what it sent: a lookup by key for each
+        # customer with a failure streak, not a scan of everything acknowledged.
+        accepted = sa.exists().where(
+            d.c.destination == f.c.destination, d.c.customer_id == f.c.customer_id, d.c.sync_run_id == sync_run_id
+        )
+        conn.execute(f.delete().where(f.c.destination == destination, accepted))
         if failed:
             known = {
                 row.customer_id: row

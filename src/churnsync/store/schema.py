@@ -14,7 +14,8 @@ the same thing: the customer has no value for that attribute.
     sync_runs ───────┬─< sync_batches         journal: one row per acknowledged request
                      ├─< sync_failures        one row per object the destination refused
                      ├─< destination_state    what each destination last acknowledged per (customer, attribute)
-                     └─< destination_acks     append-only log of every acknowledged value (for history)
+                     └─< destination_acks     acknowledgements replaced by a later one (0008); with the state,
+                                              the log of every acknowledged value (for history)
     customers                                 per customer: the last prediction run that scored it (0002),
                                               and the change counter when it last changed (0005)
     store_counters                            the change counter; writers hold its row lock (0005)
@@ -216,6 +217,10 @@ destination_state = sa.Table(
     sqlite_with_rowid=False,
 )
 
+#: Acknowledgements replaced by a later one (revision 0008): the latest acknowledgement of a (destination, customer,
+#: attribute) lives only in ``destination_state``, and moves here when the destination acknowledges that key again,
+#: as a replaced value moves from ``attribute_values`` to ``attribute_history``. :func:`acknowledgements` is the whole
+#: log. Rows keep their order of arrival in ``id``.
 destination_acks = sa.Table(
     "destination_acks",
     metadata,
@@ -229,6 +234,40 @@ destination_acks = sa.Table(
     sa.Column("acknowledged_at", UtcDateTime, nullable=False),
     sa.Index(None, "customer_id", "attribute", "acknowledged_at"),
 )
+
+
+def acknowledgements(customer_id: str) -> sa.Subquery:
+    """A customer's acknowledgement log: every value each destination acknowledged, replaced ones and the latest.
+
+    Columns: ``destination``, ``attribute``, ``num_value``, ``text_value``, ``sync_run_id``, ``acknowledged_at``,
+    ``latest`` (1 for the row from ``destination_state``) and ``seq`` (the log row's ``id``; 0 for the latest), so
+    that ``acknowledged_at, latest, seq`` orders a key's acknowledgements in the order they came.
+    """
+    a, d = destination_acks, destination_state
+    # destination_state is keyed by destination first: naming the destinations lets a lookup use its key.
+    destinations = sa.select(sync_runs.c.destination).distinct()
+    replaced = sa.select(
+        a.c.destination,
+        a.c.attribute,
+        a.c.num_value,
+        a.c.text_value,
+        a.c.sync_run_id,
+        a.c.acknowledged_at,
+        sa.literal(0).label("latest"),
+        a.c.id.label("seq"),
+    ).where(a.c.customer_id == customer_id)
+    latest = sa.select(
+        d.c.destination,
+        d.c.attribute,
+        d.c.num_value,
+        d.c.text_value,
+        d.c.sync_run_id,
+        d.c.acknowledged_at,
+        sa.literal(1),
+        sa.literal(0),
+    ).where(d.c.customer_id == customer_id, d.c.destination.in_(destinations))
+    return sa.union_all(replaced, latest).subquery("acknowledgements")
+
 
 # ---- revision 0002 (issue 4): who was scored when, and the run lock.
 

@@ -253,21 +253,30 @@ def _enable_wal(cursor: Any) -> None:
 # The per-batch statements, as plain SQL: SQLAlchemy's per-row parameter processing cost more than the
 # work itself, and this runs once per request of every sync. SQLite takes an executemany; PostgreSQL one
 # statement over arrays (unnest), 3-4x faster there than executemany or a multi-row VALUES list.
-_STATE_INSERT = (
-    "INSERT INTO {table} (destination, customer_id, attribute, num_value, text_value, sync_run_id, acknowledged_at) "
-)
-_STATE_UPSERT_TAIL = (
-    " ON CONFLICT (destination, customer_id, attribute) DO UPDATE SET num_value = excluded.num_value, "
+_STATE_COLUMNS = "destination, customer_id, attribute, num_value, text_value, sync_run_id, acknowledged_at"
+_STATE_UPSERT = (
+    f"INSERT INTO destination_state ({_STATE_COLUMNS}) {{rows}} "
+    "ON CONFLICT (destination, customer_id, attribute) DO UPDATE SET num_value = excluded.num_value, "
     "text_value = excluded.text_value, sync_run_id = excluded.sync_run_id, acknowledged_at = excluded.acknowledged_at"
 )
-_STATE_ROWS = {
-    "sqlite": "VALUES (?, ?, ?, ?, ?, ?, ?)",
-    "postgresql": (
-        "SELECT %s, u.customer_id, u.attribute, u.num_value, u.text_value, %s, %s "
-        "FROM unnest(%s::text[], %s::text[], %s::float8[], %s::text[]) "
-        "AS u(customer_id, attribute, num_value, text_value)"
-    ),
-}
+#: The acknowledgements about to be replaced move into the log (revision 0008): the log holds the replaced rows, the
+#: state the latest. SQLite: a move, then the upsert, per row. PostgreSQL: one statement for the whole batch, whose
+#: CTE reads the state as it was before the upsert beside it.
+_SQLITE_STATE_MOVE = (
+    f"INSERT INTO destination_acks ({_STATE_COLUMNS}) SELECT {_STATE_COLUMNS} FROM destination_state "
+    "WHERE destination = ? AND customer_id = ? AND attribute = ?"
+)
+_SQLITE_STATE_UPSERT = _STATE_UPSERT.format(rows="VALUES (?, ?, ?, ?, ?, ?, ?)")
+_POSTGRESQL_STATE_WRITE = (
+    "WITH u AS (SELECT * FROM unnest(%(customers)s::text[], %(attributes)s::text[], %(nums)s::float8[], "
+    "%(texts)s::text[]) AS u(customer_id, attribute, num_value, text_value)), "
+    f"moved AS (INSERT INTO destination_acks ({_STATE_COLUMNS}) SELECT d.destination, d.customer_id, d.attribute, "
+    "d.num_value, d.text_value, d.sync_run_id, d.acknowledged_at FROM destination_state d JOIN u "
+    "ON d.customer_id = u.customer_id AND d.attribute = u.attribute WHERE d.destination = %(destination)s) "
+    + _STATE_UPSERT.format(
+        rows="SELECT %(destination)s, u.customer_id, u.attribute, u.num_value, u.text_value, %(run)s, %(stamp)s FROM u"
+    )
+)
 _FAILURE_INSERT = {
     "sqlite": "INSERT INTO sync_failures (sync_run_id, seq, customer_id, reason) VALUES (?, ?, ?, ?)",
     "postgresql": (
@@ -989,7 +998,8 @@ class AttributeStore:
         Each value the customer held (past values from the history, then the current value) is one entry; its old
         value is the one before it (None for the first value, and for the oldest value left by compaction).
         """
-        h, v, runs, a = s.attribute_history, s.attribute_values, s.prediction_runs, s.destination_acks
+        h, v, runs = s.attribute_history, s.attribute_values, s.prediction_runs
+        a = s.acknowledgements(customer_id)
         past = sa.select(
             h.c.attribute,
             h.c.num_value,
@@ -1035,7 +1045,6 @@ class AttributeStore:
             .join(
                 a,
                 sa.and_(
-                    a.c.customer_id == customer_id,
                     a.c.attribute == changes.c.attribute,
                     a.c.num_value.is_not_distinct_from(changes.c.new_num),
                     a.c.text_value.is_not_distinct_from(changes.c.new_text),
@@ -1071,24 +1080,35 @@ class AttributeStore:
 
         Past values replaced at or before the boundary are deleted; the value current at the boundary (a past
         value replaced after it, or the current value) stays: current values and as-of reads at or after the
-        boundary are unchanged. Acknowledgements (``destination_acks``) are compacted the same way per
-        destination; the first acknowledgement of a kept change may then show as a later one.
+        boundary are unchanged. Acknowledgements are compacted the same way per destination: a replaced one
+        (``destination_acks``) goes when a later one came before the boundary, the latest (``destination_state``)
+        stays; the first acknowledgement of a kept change may then show as a later one.
         """
         if older_than_days < 1:
             raise StoreError(
                 f"older_than_days must be at least 1, not {older_than_days}", remedy="Pass a positive number of days"
             )
         boundary = self._now() - timedelta(days=older_than_days)
-        h, a = s.attribute_history, s.destination_acks
+        h, a, d = s.attribute_history, s.destination_acks, s.destination_state
         later_a = a.alias("later")
-        acks_superseded = sa.exists().where(
-            later_a.c.customer_id == a.c.customer_id,
-            later_a.c.attribute == a.c.attribute,
-            later_a.c.destination == a.c.destination,
-            later_a.c.acknowledged_at < boundary,
-            sa.or_(
-                later_a.c.acknowledged_at > a.c.acknowledged_at,
-                sa.and_(later_a.c.acknowledged_at == a.c.acknowledged_at, later_a.c.id > a.c.id),
+        # A replaced acknowledgement goes when a later one of its key came before the boundary: a later replaced one,
+        # or the latest (destination_state, always later than the replaced ones of its key).
+        acks_superseded = sa.or_(
+            sa.exists().where(
+                later_a.c.customer_id == a.c.customer_id,
+                later_a.c.attribute == a.c.attribute,
+                later_a.c.destination == a.c.destination,
+                later_a.c.acknowledged_at < boundary,
+                sa.or_(
+                    later_a.c.acknowledged_at > a.c.acknowledged_at,
+                    sa.and_(later_a.c.acknowledged_at == a.c.acknowledged_at, later_a.c.id > a.c.id),
+                ),
+            ),
+            sa.exists().where(
+                d.c.destination == a.c.destination,
+                d.c.customer_id == a.c.customer_id,
+                d.c.attribute == a.c.attribute,
+                d.c.acknowledged_at < boundary,
             ),
         )
         with self._transaction(f"compact the history before {boundary:%Y-%m-%d}", write=True) as conn:
@@ -1829,27 +1849,23 @@ class AttributeStore:
         stamp: Any,
         state: dict[tuple[str, str], tuple[float | None, str | None]],
     ) -> None:
-        """Upsert acknowledged values into destination_state and append them to destination_acks."""
-        rows = _STATE_ROWS[self._dialect]
-        upsert = _STATE_INSERT.format(table="destination_state") + rows + _STATE_UPSERT_TAIL
-        log = _STATE_INSERT.format(table="destination_acks") + rows
+        """Upsert acknowledged values into destination_state; the rows they replace move to destination_acks."""
         if self._dialect == "postgresql":
             keys, values = list(state), list(state.values())
-            params = (
-                destination,
-                sync_run_id,
-                stamp,
-                [k[0] for k in keys],
-                [k[1] for k in keys],
-                [v[0] for v in values],
-                [v[1] for v in values],
-            )
-            conn.exec_driver_sql(upsert, params)
-            conn.exec_driver_sql(log, params)
+            params = {
+                "destination": destination,
+                "run": sync_run_id,
+                "stamp": stamp,
+                "customers": [k[0] for k in keys],
+                "attributes": [k[1] for k in keys],
+                "nums": [v[0] for v in values],
+                "texts": [v[1] for v in values],
+            }
+            conn.exec_driver_sql(_POSTGRESQL_STATE_WRITE, params)
             return
-        flat = [(destination, c, a, n, t, sync_run_id, stamp) for (c, a), (n, t) in state.items()]
-        conn.exec_driver_sql(upsert, flat)
-        conn.exec_driver_sql(log, flat)
+        conn.exec_driver_sql(_SQLITE_STATE_MOVE, [(destination, c, a) for c, a in state])
+        rows = [(destination, c, a, n, t, sync_run_id, stamp) for (c, a), (n, t) in state.items()]
+        conn.exec_driver_sql(_SQLITE_STATE_UPSERT, rows)
 
     def _clear_pending(self, conn: Connection, destination: str, customer_ids: list[str]) -> None:
         """Drop acknowledged customers from the destination's pending set: the next selection need not compare them.

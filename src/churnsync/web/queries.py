@@ -340,20 +340,9 @@ def _value(num: float | None, text: str | None) -> Value:
 
 def destination_view(store: AttributeStore, customer_id: str, tables: set[str]) -> dict[str, Any]:
     """What each destination holds for a customer, its acknowledgement log, and its refusals."""
-    d, a, f, r = s.destination_state, s.destination_acks, s.sync_failures, s.sync_runs
+    a, f, r = s.acknowledgements(customer_id), s.sync_failures, s.sync_runs
+    log = sa.select(a).order_by(a.c.acknowledged_at.desc(), a.c.latest.desc(), a.c.seq.desc())
     with store.transaction(f"read what destinations hold for customer {customer_id}") as conn:
-        state = [
-            {
-                "destination": row.destination,
-                "attribute": row.attribute,
-                "value": _value(row.num_value, row.text_value),
-                "sync_run_id": row.sync_run_id,
-                "acknowledged_at": row.acknowledged_at,
-            }
-            for row in conn.execute(
-                sa.select(d).where(d.c.customer_id == customer_id).order_by(d.c.destination, d.c.attribute)
-            )
-        ]
         acks = [
             {
                 "destination": row.destination,
@@ -361,14 +350,13 @@ def destination_view(store: AttributeStore, customer_id: str, tables: set[str]) 
                 "value": _value(row.num_value, row.text_value),
                 "sync_run_id": row.sync_run_id,
                 "acknowledged_at": row.acknowledged_at,
+                "latest": bool(row.latest),
             }
-            for row in conn.execute(
-                sa.select(a)
-                .where(a.c.customer_id == customer_id)
-                .order_by(a.c.acknowledged_at.desc(), a.c.id.desc())
-                .limit(500)
-            )
+            for row in conn.execute(log)
         ]
+        # What each destination holds: the latest acknowledgement of each attribute; the log, newest first.
+        state = sorted((ack for ack in acks if ack["latest"]), key=lambda ack: (ack["destination"], ack["attribute"]))
+        acks = acks[:500]
         failures = [
             dict(row._mapping)
             for row in conn.execute(
