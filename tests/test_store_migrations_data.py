@@ -218,3 +218,27 @@ def test_the_acknowledgement_log_drops_rows_the_state_repeats_and_gets_them_back
             assert conn.execute(sa.text(log)).all() == rows
     finally:
         engine.dispose()
+
+
+def test_the_dashboard_shows_each_acknowledgement_once_on_a_store_not_yet_upgraded(store_url: str) -> None:
+    """A store at 0007 logs the latest acknowledgements too; the dashboard, which never migrates, shows them once."""
+    from churnsync.web.queries import destination_view
+
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            _at_0001_with(conn, ("prediction_runs", "sync_runs", "destination_state", "destination_acks"))
+            command.upgrade(alembic_config(conn), "0007")
+    finally:
+        engine.dispose()
+    with AttributeStore(store_url) as store:
+        view = destination_view(store, "a", set())
+    assert sorted((r["attribute"], r["value"]) for r in view["state"]) == [
+        ("churn_probability", 0.2),
+        ("churn_risk", "low"),
+    ]
+    assert sorted((r["attribute"], r["value"]) for r in view["acks"]) == [
+        ("churn_probability", 0.2),
+        ("churn_risk", "low"),
+        ("churn_risk", "medium"),
+    ]

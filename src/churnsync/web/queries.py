@@ -338,6 +338,10 @@ def _value(num: float | None, text: str | None) -> Value:
     return float(num) if num is not None else text
 
 
+def _ack_key(ack: dict[str, Any]) -> tuple[Any, ...]:
+    return (ack["destination"], ack["attribute"], ack["value"], ack["sync_run_id"], ack["acknowledged_at"])
+
+
 def destination_view(store: AttributeStore, customer_id: str, tables: set[str]) -> dict[str, Any]:
     """What each destination holds for a customer, its acknowledgement log, and its refusals."""
     a, f, r = s.acknowledgements(customer_id), s.sync_failures, s.sync_runs
@@ -354,9 +358,11 @@ def destination_view(store: AttributeStore, customer_id: str, tables: set[str]) 
             }
             for row in conn.execute(log)
         ]
-        # What each destination holds: the latest acknowledgement of each attribute; the log, newest first.
+        # What each destination holds: the latest acknowledgement of each attribute; the log, newest first. A store
+        # not yet at revision 0008 (the dashboard never migrates) also logs the latest ones: shown once.
         state = sorted((ack for ack in acks if ack["latest"]), key=lambda ack: (ack["destination"], ack["attribute"]))
-        acks = acks[:500]
+        held = {_ack_key(ack) for ack in state}
+        acks = [ack for ack in acks if ack["latest"] or _ack_key(ack) not in held][:500]
         failures = [
             dict(row._mapping)
             for row in conn.execute(
