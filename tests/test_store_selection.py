@@ -349,17 +349,18 @@ def test_postgresql_a_slow_sync_outlasts_a_statement_timeout_set_for_the_store(p
     """The selection streams as one statement for as long as the sync reads it; a role's statement_timeout is no limit.
 
     The result is larger than the socket's buffers, so the server is still sending when the consumer, sleeping
-    between chunks, passes the timeout.
+    between chunks, passes the timeout. The timeout leaves room for the selection's other statements, which it still
+    limits (on a slow machine the pending set of 60,000 customers took more than 300 ms).
     """
     with AttributeStore.open(postgres_url, clock=clock) as pg:
         write(pg, {f"c{i:06d}": {"p": 0.123456789, "tier": "x" * 200} for i in range(60_000)})
-    with AttributeStore.open(f"{postgres_url}%20-cstatement_timeout%3D300", clock=clock) as limited:
+    with AttributeStore.open(f"{postgres_url}%20-cstatement_timeout%3D2000", clock=clock) as limited:
         with pytest.raises(sa.exc.OperationalError, match="statement timeout"), limited._engine.connect() as conn:
-            conn.exec_driver_sql("SELECT pg_sleep(0.5)")  # the limit holds for the store's connections
+            conn.exec_driver_sql("SELECT pg_sleep(2.5)")  # the limit holds for the store's connections
         started, seen = time.monotonic(), 0
         for chunk in limited.select_changes("braze", chunk_size=2_000):
             seen += len(chunk)
-            if time.monotonic() - started < 1.0:
+            if time.monotonic() - started < 3.0:
                 time.sleep(0.2)
     assert seen == 60_000
 
