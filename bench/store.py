@@ -155,8 +155,54 @@ class SpeedProbe:
 #: Set by main(): the probe the steps report.
 PROBE: SpeedProbe | None = None
 
+#: The server's checkpoint counters: pg_stat_checkpointer from PostgreSQL 17, pg_stat_bgwriter before.
+_CHECKPOINTS = (
+    "SELECT num_timed + num_requested FROM pg_stat_checkpointer",
+    "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter",
+)
+
+
+class WalMeter:
+    """PostgreSQL: the WAL the server wrote during a step, its full-page images and its checkpoints.
+
+    Server-wide figures (the WAL insert position, ``pg_stat_wal`` from PostgreSQL 14), read before and after each
+    step: they include what other sessions did meanwhile (run one benchmark at a time). A full-page image is the whole
+    page written to the WAL at its first change after a checkpoint; many of them in a step that reads (a selection)
+    mean it pruned pages that a checkpoint had already flushed (docs/benchmarks.md, "Where the 10M daily run's time
+    goes").
+    """
+
+    def __init__(self, url: str) -> None:
+        self._engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+        self._checkpoints: str | None = None
+        with self._engine.connect() as conn:
+            for query in _CHECKPOINTS:
+                try:
+                    conn.execute(sa.text(query))
+                except sa.exc.ProgrammingError:
+                    continue
+                self._checkpoints = query
+                break
+
+    def read(self) -> tuple[int, int, int]:
+        with self._engine.connect() as conn:
+            # The WAL position is exact; the full-page images are the sessions' statistics, which a session reports
+            # when it goes idle, at most once a second: a step's last second may show in the next step's count.
+            written = conn.execute(sa.text("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')")).scalar_one()
+            fpi = conn.execute(sa.text("SELECT wal_fpi FROM pg_stat_wal")).scalar_one()
+            checkpoints = conn.execute(sa.text(self._checkpoints)).scalar_one() if self._checkpoints else 0
+        return int(written), int(fpi), int(checkpoints)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+#: Set by bench() for PostgreSQL: the meter the steps report.
+WAL: WalMeter | None = None
+
 
 def timed(label: str, fn: Callable[[], Any], results: dict[str, float]) -> Any:
+    wal_before = WAL.read() if WAL is not None else None
     start, cpu, began = time.perf_counter(), time.process_time(), time.monotonic()
     value = fn()
     results[label] = time.perf_counter() - start
@@ -169,6 +215,11 @@ def timed(label: str, fn: Callable[[], Any], results: dict[str, float]) -> Any:
         f"   peak RSS {peak_rss_mib():7.0f} MiB",
         flush=True,
     )
+    if WAL is not None and wal_before is not None:
+        written, fpi, checkpoints = (after - before for after, before in zip(WAL.read(), wal_before, strict=True))
+        print(
+            f"    server WAL {written / 1e6:,.0f} MB, full-page images {fpi:,}, checkpoints {checkpoints}", flush=True
+        )
     return value
 
 
@@ -178,6 +229,8 @@ def write_run(store: AttributeStore, chunks: Iterator[pa.Table], rules: Attribut
     )
     summary = store.write_predictions(run, chunks, rules)
     store.finish_prediction_run(run, status="succeeded", summary={"values_changed": summary.values_changed})
+    for advice in summary.advice:  # what `churnsync run` logs as a warning
+        print(f"    store advice: {advice}", flush=True)
     return run
 
 
@@ -257,6 +310,7 @@ def a_day_later(url: str) -> None:
 
 
 def bench(engine: str, n: int, seed: int, share: float, runs: int, *, write_only: bool = False) -> dict[str, float]:
+    global WAL
     results: dict[str, float] = {}
     print(f"{engine}: {n:,} customers × 8 attributes, load {os.getloadavg()[0]:.1f}", flush=True)
     tmp = tempfile.TemporaryDirectory()
@@ -269,8 +323,10 @@ def bench(engine: str, n: int, seed: int, share: float, runs: int, *, write_only
         with admin.begin() as conn:
             conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
             buffers = conn.execute(sa.text("SHOW shared_buffers")).scalar()
-        print(f"  server: shared_buffers {buffers}", flush=True)
+            wal_size = conn.execute(sa.text("SHOW max_wal_size")).scalar()
+        print(f"  server: shared_buffers {buffers}, max_wal_size {wal_size}", flush=True)
         url = f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
+        WAL = WalMeter(PG_ADMIN_URL)
     rules = AttributeSettings()
     try:
         with AttributeStore.open(url) as store:
@@ -299,6 +355,9 @@ def bench(engine: str, n: int, seed: int, share: float, runs: int, *, write_only
                         timed("a day later (autovacuum, checkpoint)", lambda: a_day_later(url), results)
         print(f"  peak RSS of this process: {peak_rss_mib():.0f} MiB", flush=True)
     finally:
+        if WAL is not None:
+            WAL.close()
+            WAL = None
         if admin is not None:
             with admin.begin() as conn:
                 conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))

@@ -186,6 +186,10 @@ def predict_and_store(
         "rows_rejected": load.rows_rejected,
         "risk_counts": risk_counts,
     }
+    if write.advice:
+        summary["store_advice"] = list(write.advice)
+    for advice in write.advice:
+        log.warning("store: %s", advice)
     if several:
         summary["predictions"] = {o.name: {"customers_scored": o.customers_scored, "risk_counts": o.risk_counts}
                                   for o in outcomes}  # fmt: skip

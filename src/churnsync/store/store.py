@@ -34,6 +34,8 @@ Example::
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import re
 import socket
@@ -42,7 +44,7 @@ import time
 import uuid
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from io import BytesIO
@@ -70,6 +72,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from churnsync.config import AttributeSettings
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -122,6 +126,45 @@ class WriteSummary:
     customers_new: int
     customers_changed: int
     values_changed: int
+    #: What the database server's settings cost this write, and what to change (:func:`checkpoint_advice`); empty
+    #: when nothing is to be said, and after a first load.
+    advice: tuple[str, ...] = ()
+
+
+def checkpoint_advice(
+    written: int, seconds: float, *, max_wal_mb: float, completion_target: float, timeout_s: float
+) -> str | None:
+    """PostgreSQL: advice when one write spans the server's checkpoints (``written`` bytes of WAL in ``seconds``).
+
+    The server checkpoints every ``checkpoint_timeout``, and sooner once the WAL since the last checkpoint reaches
+    ``max_wal_size`` / (1 + ``checkpoint_completion_target``). After a checkpoint, the first change to each page writes
+    the whole page to the WAL again, and the selection after a write changes every page of current values the write
+    replaced (it prunes the replaced rows): without a checkpoint between the two it writes a few bytes per page, with
+    one a whole page (at 10M customers 3 GB of WAL and 10 s more per selection; docs/benchmarks.md, "Where the 10M
+    daily run's time goes"). Advised: room for twice this write's WAL (the write, then the selection and the sync)
+    within one checkpoint distance, and a timeout of at least four times the write, so that a daily run seldom
+    spans a timed checkpoint.
+    """
+    distance = max_wal_mb * 2**20 / (1 + completion_target)
+    raise_size = written >= distance
+    raise_timeout = 4 * seconds > timeout_s
+    if not (raise_size or raise_timeout):
+        return None
+    wanted = []
+    if raise_size:
+        wanted.append(f"max_wal_size to at least {math.ceil(2 * written * (1 + completion_target) / 2**30)} GB")
+    if raise_timeout:
+        wanted.append(f"checkpoint_timeout to at least {math.ceil(4 * seconds / 60)} min")
+    spent = f"{written / 2**30:.1f} GB of WAL in {seconds:.0f} s"
+    every = (
+        f"{distance / 2**30:.2f} GB of WAL (max_wal_size {max_wal_mb:g} MB, checkpoint_completion_target "
+        f"{completion_target:g}) or every {timeout_s:g} s (checkpoint_timeout)"
+    )
+    return (
+        f"this write made the PostgreSQL server write {spent}; it checkpoints every {every}, and a checkpoint between "
+        f"a write and its selection makes the selection rewrite whole pages to the WAL: raise {' and '.join(wanted)} "
+        "(docs/configuration.md)"
+    )
 
 
 @dataclass(frozen=True)
@@ -780,6 +823,7 @@ class AttributeStore:
         """
         plan, chunks = _prediction_chunks(table, attributes)
         now = self._now()
+        wal_start, started = self._server_wal(), time.monotonic()
         with self._transaction(f"write predictions of run {run_id}", write=True) as conn:
             self._require_running(conn, run_id)
             # Numbers this write's marks; the counter row stays locked until commit (selections wait for it).
@@ -812,7 +856,10 @@ class AttributeStore:
                     values_changed=runs.c.values_changed + summary.values_changed,
                 )
             )
-        return summary
+        # Not after a first load: it writes every value once, and leaves no replaced rows for the next reader to prune.
+        replaced = summary.customers_scored > summary.customers_new
+        advice = self._checkpoint_advice(wal_start, time.monotonic() - started) if replaced else None
+        return replace(summary, advice=(advice,)) if advice else summary
 
     def finish_prediction_run(self, run_id: int, *, status: str, summary: Mapping[str, Any]) -> None:
         """Close a prediction run with its final status (succeeded, failed or partial) and summary."""
@@ -1727,6 +1774,37 @@ class AttributeStore:
         )
         self._set_plan_methods(conn, methods, "DEFAULT")
         conn.execute(v.insert().from_select(_VALUE_COLUMNS, new.where(ch.c.old_run_id.is_(None))))
+
+    def _server_wal(self) -> tuple[int, float, float, float] | None:
+        """PostgreSQL: the server's WAL insert position (bytes), ``max_wal_size`` (MB), ``checkpoint_completion_target``
+        and ``checkpoint_timeout`` (s); None on SQLite or when the server does not say (the write goes on)."""
+        if self._dialect != "postgresql":
+            return None
+        try:
+            with self._engine.connect() as conn:
+                row = conn.exec_driver_sql(
+                    "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0'), "
+                    "(SELECT setting::float8 FROM pg_settings WHERE name = 'max_wal_size' AND unit = 'MB'), "
+                    "current_setting('checkpoint_completion_target')::float8, "
+                    "(SELECT setting::float8 FROM pg_settings WHERE name = 'checkpoint_timeout' AND unit = 's')"
+                ).one()
+        except sa.exc.SQLAlchemyError as exc:
+            log.info("store: no checkpoint advice, the server's WAL position is not readable (%s)", type(exc).__name__)
+            return None
+        if any(value is None for value in row):
+            return None
+        return int(row[0]), float(row[1]), float(row[2]), float(row[3])
+
+    def _checkpoint_advice(self, start: tuple[int, float, float, float] | None, seconds: float) -> str | None:
+        """PostgreSQL: :func:`checkpoint_advice` for the WAL the server wrote since ``start`` (:meth:`_server_wal`;
+        this write's WAL and any other session's) in ``seconds``, with the server's settings as they are now."""
+        now = self._server_wal() if start is not None else None
+        if start is None or now is None:
+            return None
+        position, max_wal_mb, target, timeout_s = now
+        return checkpoint_advice(
+            position - start[0], seconds, max_wal_mb=max_wal_mb, completion_target=target, timeout_s=timeout_s
+        )
 
     @staticmethod
     def _tune_bulk_transaction(conn: Connection) -> None:
