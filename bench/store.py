@@ -223,6 +223,18 @@ def timed(label: str, fn: Callable[[], Any], results: dict[str, float]) -> Any:
     return value
 
 
+#: Appended to a PostgreSQL store URL's options by ``--no-wal-compression``: the store's sessions then keep the
+#: server's uncompressed full-page images (the store compresses them only where nobody chose; see its
+#: ``_compress_full_pages``), for a comparison.
+NO_WAL_COMPRESSION = "%20-cwal_compression%3Doff"
+
+
+def session_wal_compression(store: AttributeStore) -> str:
+    """PostgreSQL: the ``wal_compression`` of the store's sessions."""
+    with store.transaction("read wal_compression") as conn:
+        return str(conn.exec_driver_sql("SELECT current_setting('wal_compression')").scalar_one())
+
+
 def write_run(store: AttributeStore, chunks: Iterator[pa.Table], rules: AttributeSettings) -> int:
     run = store.start_prediction_run(
         as_of=datetime.now(UTC) - timedelta(days=1), horizon_days=30, model_version="bench", details={}
@@ -238,18 +250,17 @@ def count_selection(store: AttributeStore) -> int:
     return sum(len(chunk) for chunk in store.select_changes("braze", chunk_size=5000))
 
 
-def acknowledge(url: str, run: int | None) -> None:
+def acknowledge(store: AttributeStore, run: int | None) -> None:
     """What a complete sync leaves behind, in bulk SQL (bench shortcut, not churnsync's sync path).
 
     ``run`` None: everything (the first sync); else the values that run changed. As ``record_batch`` does for each
     acknowledged request: the acknowledgements these replace move to the log (``destination_acks``), the values are
     upserted into the acknowledged state in customer order (the order of a selection), and the customers leave the
-    destination's pending set.
+    destination's pending set. In one of the store's sessions (with its settings, e.g. WAL compression).
     """
-    engine = sa.create_engine(url)
     columns = "destination, customer_id, attribute, num_value, text_value, sync_run_id, acknowledged_at"
     values = "SELECT 'braze', customer_id, attribute, num_value, text_value, 1, updated_at FROM attribute_values"
-    with engine.begin() as conn:
+    with store.transaction("acknowledge (benchmark)", write=True) as conn:
         if run is None:
             acknowledged = f"{values} ORDER BY customer_id, attribute"
             conn.execute(sa.text(f"INSERT INTO destination_state ({columns}) {acknowledged}"))
@@ -277,9 +288,8 @@ def acknowledge(url: str, run: int | None) -> None:
         if run is not None:
             pending += " AND customer_id IN (SELECT customer_id FROM attribute_values WHERE prediction_run_id = :run)"
         conn.execute(sa.text(pending), {"run": run})
-        if engine.dialect.name == "postgresql":
+        if store.dialect == "postgresql":
             conn.execute(sa.text("SELECT pg_stat_force_next_flush()"))  # this session's counts, for a_day_later
-    engine.dispose()
 
 
 def a_day_later(url: str) -> None:
@@ -309,7 +319,9 @@ def a_day_later(url: str) -> None:
     print(f"    autovacuum would have: {', '.join(done) or 'nothing to vacuum'}; checkpoint", flush=True)
 
 
-def bench(engine: str, n: int, seed: int, share: float, runs: int, *, write_only: bool = False) -> dict[str, float]:
+def bench(
+    engine: str, n: int, seed: int, share: float, runs: int, *, write_only: bool = False, wal_compression: bool = True
+) -> dict[str, float]:
     global WAL
     results: dict[str, float] = {}
     print(f"{engine}: {n:,} customers × 8 attributes, load {os.getloadavg()[0]:.1f}", flush=True)
@@ -325,18 +337,20 @@ def bench(engine: str, n: int, seed: int, share: float, runs: int, *, write_only
             buffers = conn.execute(sa.text("SHOW shared_buffers")).scalar()
             wal_size = conn.execute(sa.text("SHOW max_wal_size")).scalar()
         print(f"  server: shared_buffers {buffers}, max_wal_size {wal_size}", flush=True)
-        url = f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
+        url = f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}" + ("" if wal_compression else NO_WAL_COMPRESSION)
         WAL = WalMeter(PG_ADMIN_URL)
     rules = AttributeSettings()
     try:
         with AttributeStore.open(url) as store:
+            if engine == "postgresql":
+                print(f"  the store's sessions: wal_compression {session_wal_compression(store)}", flush=True)
             timed("run 1: write (all new)", lambda: write_run(store, predictions(n, seed, 1, share), rules), results)
             if write_only:
                 print(f"  peak RSS of this process: {peak_rss_mib():.0f} MiB (run 1's write only)", flush=True)
                 return results
             selected = timed("run 1: select (everyone)", lambda: count_selection(store), results)
             assert selected == n, (selected, n)
-            timed("acknowledge all (bulk SQL)", lambda: acknowledge(url, None), results)
+            timed("acknowledge all (bulk SQL)", lambda: acknowledge(store, None), results)
             if engine == "postgresql":
                 timed("a day later (autovacuum, checkpoint)", lambda: a_day_later(url), results)
             for run in range(2, runs + 1):
@@ -350,7 +364,7 @@ def bench(engine: str, n: int, seed: int, share: float, runs: int, *, write_only
                 total = results[label] + results[f"run {run}: select"]
                 print(f"  run {run} write + select: {total:.2f} s; selection = exactly the {expected:,} changed")
                 if run < runs:
-                    timed(f"acknowledge run {run} (bulk SQL)", lambda r=prediction_run: acknowledge(url, r), results)
+                    timed(f"acknowledge run {run} (bulk SQL)", lambda r=prediction_run: acknowledge(store, r), results)
                     if engine == "postgresql":
                         timed("a day later (autovacuum, checkpoint)", lambda: a_day_later(url), results)
         print(f"  peak RSS of this process: {peak_rss_mib():.0f} MiB", flush=True)
@@ -376,12 +390,25 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, choices=[2, 3], help="Prediction runs (default 3).")
     parser.add_argument("--seed", type=int, default=7, help="Random seed.")
     parser.add_argument("--write-only", action="store_true", help="Only run 1's write (a first load), then stop.")
+    parser.add_argument(
+        "--no-wal-compression",
+        action="store_true",
+        help="PostgreSQL: the store's sessions keep wal_compression off (by default they compress, where allowed).",
+    )
     args = parser.parse_args()
     engines = ["sqlite", "postgresql"] if args.engine == "both" else [args.engine]
     global PROBE
     with SpeedProbe() as PROBE:
         for engine in engines:
-            bench(engine, args.customers, args.seed, args.changed_share, args.runs, write_only=args.write_only)
+            bench(
+                engine,
+                args.customers,
+                args.seed,
+                args.changed_share,
+                args.runs,
+                write_only=args.write_only,
+                wal_compression=not args.no_wal_compression,
+            )
 
 
 if __name__ == "__main__":

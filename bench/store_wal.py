@@ -65,9 +65,12 @@ WHERE v.customer_id = c.customer_id AND v.attribute IN ('churn_probability', 'p_
 """
 
 
-def compare(engine: sa.Engine, meter: Any, state: str) -> None:
+def compare(engine: sa.Engine, meter: Any, state: str, compression: str) -> None:
+    """The comparison under EXPLAIN, in a session with the store's settings for it (``compression``: the store's
+    sessions' ``wal_compression``)."""
     with engine.connect() as conn:
-        for setting in ("track_io_timing = on", "work_mem = '256MB'", "jit = off", "enable_hashjoin = off"):
+        settings = ("track_io_timing = on", "work_mem = '256MB'", "jit = off", "enable_hashjoin = off")
+        for setting in (*settings, f"wal_compression = {compression}"):
             conn.exec_driver_sql(f"SET {setting}")
         conn.exec_driver_sql("DROP TABLE IF EXISTS pg_temp.candidates")
         conn.exec_driver_sql(CANDIDATES)
@@ -112,6 +115,9 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=50_000, help="Customers (default 50,000).")
     parser.add_argument("--seed", type=int, default=7, help="Random seed.")
     parser.add_argument("--keep", action="store_true", help="Leave the store's schema in place.")
+    parser.add_argument(
+        "--no-wal-compression", action="store_true", help="The store's sessions keep wal_compression off."
+    )
     args = parser.parse_args()
     n, seed, share = args.customers, args.seed, 0.05
     schema = f"bench_wal_{uuid.uuid4().hex[:8]}"
@@ -119,7 +125,9 @@ def main() -> None:
     with admin.begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
         wal_size = conn.execute(sa.text("SHOW max_wal_size")).scalar()
-    url = f"{b.PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
+    url = f"{b.PG_ADMIN_URL}?options=-csearch_path%3D{schema}" + (
+        b.NO_WAL_COMPRESSION if args.no_wal_compression else ""
+    )
     engine = sa.create_engine(url)
     b.WAL = b.WalMeter(b.PG_ADMIN_URL)
     rules = AttributeSettings()
@@ -127,11 +135,13 @@ def main() -> None:
     print(f"postgresql: {n:,} customers × 8 attributes, max_wal_size {wal_size}, schema {schema}", flush=True)
     try:
         with b.SpeedProbe() as b.PROBE, AttributeStore.open(url) as store:
+            compression = b.session_wal_compression(store)
+            print(f"  the store's sessions: wal_compression {compression}", flush=True)
             b.timed(
                 "run 1: write (all new)", lambda: b.write_run(store, b.predictions(n, seed, 1, share), rules), results
             )
             b.timed("run 1: select (everyone)", lambda: b.count_selection(store), results)
-            b.timed("acknowledge all (bulk SQL)", lambda: b.acknowledge(url, None), results)
+            b.timed("acknowledge all (bulk SQL)", lambda: b.acknowledge(store, None), results)
             b.timed("a day later (autovacuum, checkpoint)", lambda: b.a_day_later(url), results)
             run2 = b.timed(
                 "run 2: write (5% changed)",
@@ -139,16 +149,16 @@ def main() -> None:
                 results,
             )
             meter = b.WAL
-            compare(engine, meter, "as left")
-            compare(engine, meter, "warm")
+            compare(engine, meter, "as left", compression)
+            compare(engine, meter, "warm", compression)
             if drop_from_page_cache(engine, ["destination_state", "pk_destination_state"]):
-                compare(engine, meter, "cold")
+                compare(engine, meter, "cold", compression)
             else:
                 print("  comparison, cold: skipped (the server's files cannot be opened from here)", flush=True)
-            compare(engine, meter, "after update")
+            compare(engine, meter, "after update", compression)
             # The daily cycle: run 2's selection, its acknowledgement, a day, run 3.
             b.timed("run 2: select", lambda: b.count_selection(store), results)
-            b.timed("acknowledge run 2 (bulk SQL)", lambda: b.acknowledge(url, run2), results)
+            b.timed("acknowledge run 2 (bulk SQL)", lambda: b.acknowledge(store, run2), results)
             b.timed("a day later (autovacuum, checkpoint)", lambda: b.a_day_later(url), results)
             b.timed(
                 "run 3: write (5% changed)",

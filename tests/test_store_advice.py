@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -55,9 +56,9 @@ def _write(store: AttributeStore, probability: float = 0.5) -> Any:
 def test_a_write_asks_the_server_for_its_wal_and_settings(
     store: AttributeStore, db: sa.Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen: list[tuple[int, float, dict[str, float]]] = []
+    seen: list[tuple[int, float, dict[str, Any]]] = []
 
-    def advise(written: int, seconds: float, **settings: float) -> str:
+    def advise(written: int, seconds: float, **settings: Any) -> str:
         seen.append((written, seconds, settings))
         return "raise it"
 
@@ -80,7 +81,13 @@ def test_a_write_asks_the_server_for_its_wal_and_settings(
     # The write's own WAL at least: 200 replaced values, their history, the customers, the run's row.
     assert written > 10_000
     assert 0 < seconds < 60
-    assert settings == {"max_wal_mb": max_wal_mb, "completion_target": target, "timeout_s": timeout_s}
+    # wal_compression as the write's session had it: the store's sessions compress (the server's is off here).
+    assert settings == {
+        "max_wal_mb": max_wal_mb,
+        "completion_target": target,
+        "timeout_s": timeout_s,
+        "wal_compression": "lz4",
+    }
     assert summary.advice == ("raise it",)
 
 
@@ -124,3 +131,80 @@ def test_the_advice_is_logged_and_kept_in_the_runs_summary(tmp_path: Path, monke
     assert [(r.levelno, r.getMessage()) for r in records] == [
         (logging.WARNING, "store: raise max_wal_size to at least 19 GB")
     ]
+
+
+def test_the_advice_asks_for_wal_compression_when_the_write_had_none() -> None:
+    default = {"max_wal_mb": 1024, "completion_target": 0.9, "timeout_s": 300}
+    off = checkpoint_advice(5 * GIB, 60, wal_compression="off", **default)
+    assert off is not None
+    assert off.endswith(
+        "raise max_wal_size to at least 19 GB, and set wal_compression = lz4 (or grant the store's role SET on it: "
+        "its sessions then compress their own) (docs/configuration.md)"
+    )
+    for compressed in ("lz4", "zstd", "pglz", "on"):
+        advice = checkpoint_advice(5 * GIB, 60, wal_compression=compressed, **default)
+        assert advice is not None and "wal_compression" not in advice
+    # Compression alone is no reason to speak: a write within the checkpoint distance gets no advice.
+    assert checkpoint_advice(100 * 2**20, 60, wal_compression="off", **default) is None
+
+
+def _session_compression(url: str) -> str:
+    with AttributeStore.open(url) as store, store.transaction("read a setting") as conn:
+        return str(conn.exec_driver_sql("SELECT current_setting('wal_compression')").scalar_one())
+
+
+def _best_method(admin: sa.Engine) -> str:
+    with admin.connect() as conn:
+        methods = conn.execute(sa.text("SELECT enumvals FROM pg_settings WHERE name = 'wal_compression'")).scalar()
+    return next((m for m in store_module.WAL_COMPRESSION_METHODS if m in (methods or ())), "on")
+
+
+def test_postgresql_sessions_compress_full_page_images_where_the_server_does_not(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    admin = sa.create_engine(postgres_url)
+    try:
+        with admin.connect() as conn:
+            server = conn.execute(sa.text("SELECT boot_val, reset_val FROM pg_settings WHERE name = 'wal_compression'"))
+            boot, reset = server.one()
+        assert (boot, reset) == ("off", "off"), "this test needs the server's wal_compression at its built-in default"
+        with caplog.at_level(logging.INFO, logger="churnsync.store.store"):
+            assert _session_compression(postgres_url) == _best_method(admin) == "lz4"  # this machine's server has lz4
+        told = [r.getMessage() for r in caplog.records if "compress" in r.getMessage()]
+        assert told == ["store: this store's sessions compress their full-page images in the WAL (lz4)"]
+        # A session of the server outside the store keeps the server's setting.
+        with admin.connect() as conn:
+            assert conn.execute(sa.text("SELECT current_setting('wal_compression')")).scalar_one() == "off"
+        # A choice made for the session (here in the URL; in the server's configuration, for the role or the database
+        # alike) is kept, off included: only the built-in default is replaced.
+        assert _session_compression(f"{postgres_url}%20-cwal_compression%3Dpglz") == "pglz"
+        assert _session_compression(f"{postgres_url}%20-cwal_compression%3Doff") == "off"
+    finally:
+        admin.dispose()
+
+
+def test_postgresql_a_role_that_may_not_set_it_keeps_the_servers_setting_which_the_advice_reads(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    role = f"churnsync_t_{uuid.uuid4().hex[:10]}"
+    schema = postgres_url.rsplit("%3D", 1)[1]
+    admin = sa.create_engine(postgres_url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+        conn.execute(sa.text(f'GRANT ALL ON SCHEMA "{schema}" TO "{role}"'))
+    url = postgres_url.replace("postgres@", f"{role}@", 1)
+    try:
+        with caplog.at_level(logging.INFO, logger="churnsync.store.store"):
+            assert _session_compression(url) == "off"
+        assert not [r for r in caplog.records if "compress" in r.getMessage()]
+        with AttributeStore.open(url) as store:
+            # The store works as before; the settings its advice reads are the session's.
+            _write(store)
+            _write(store, probability=0.9)
+            start = store._server_wal()
+            assert start is not None and start[4] == "off"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP OWNED BY "{role}" CASCADE'))
+            conn.execute(sa.text(f'DROP ROLE "{role}"'))
+        admin.dispose()

@@ -106,6 +106,9 @@ SELECT_LOOKUP_SHARE = 0.25
 UPDATE_LOOKUP_SHARE = 0.25
 #: PostgreSQL: the plan methods turned off so that joins of whole tables are merges of their primary keys.
 _MERGE_IN_KEY_ORDER = ("hashjoin", "sort")
+#: PostgreSQL: how the store's sessions compress the whole pages they write to the WAL, best first, where the server
+#: does not and the store's role may (:meth:`AttributeStore._compress_full_pages`).
+WAL_COMPRESSION_METHODS = ("lz4", "zstd", "pglz")
 #: A move of exactly the tolerance counts as a change; this absorbs binary rounding (0.58 - 0.56 < 0.02).
 TOLERANCE_SLACK = 1e-9
 
@@ -132,7 +135,13 @@ class WriteSummary:
 
 
 def checkpoint_advice(
-    written: int, seconds: float, *, max_wal_mb: float, completion_target: float, timeout_s: float
+    written: int,
+    seconds: float,
+    *,
+    max_wal_mb: float,
+    completion_target: float,
+    timeout_s: float,
+    wal_compression: str = "lz4",
 ) -> str | None:
     """PostgreSQL: advice when one write spans the server's checkpoints (``written`` bytes of WAL in ``seconds``).
 
@@ -143,7 +152,9 @@ def checkpoint_advice(
     one a whole page (at 10M customers 3 GB of WAL and 10 s more per selection; docs/benchmarks.md, "Where the 10M
     daily run's time goes"). Advised: room for twice this write's WAL (the write, then the selection and the sync)
     within one checkpoint distance, and a timeout of at least four times the write, so that a daily run seldom
-    spans a timed checkpoint.
+    spans a timed checkpoint. When the write's session wrote its full-page images uncompressed
+    (``wal_compression`` off: the server's setting, which the store's role may not change for its own sessions), the
+    advice also asks for compression (:meth:`AttributeStore._compress_full_pages`).
     """
     distance = max_wal_mb * 2**20 / (1 + completion_target)
     raise_size = written >= distance
@@ -155,6 +166,11 @@ def checkpoint_advice(
         wanted.append(f"max_wal_size to at least {math.ceil(2 * written * (1 + completion_target) / 2**30)} GB")
     if raise_timeout:
         wanted.append(f"checkpoint_timeout to at least {math.ceil(4 * seconds / 60)} min")
+    compress = (
+        ", and set wal_compression = lz4 (or grant the store's role SET on it: its sessions then compress their own)"
+        if wal_compression == "off"
+        else ""
+    )
     spent = f"{written / 2**30:.1f} GB of WAL in {seconds:.0f} s"
     every = (
         f"{distance / 2**30:.2f} GB of WAL (max_wal_size {max_wal_mb:g} MB, checkpoint_completion_target "
@@ -162,8 +178,8 @@ def checkpoint_advice(
     )
     return (
         f"this write made the PostgreSQL server write {spent}; it checkpoints every {every}, and a checkpoint between "
-        f"a write and its selection makes the selection rewrite whole pages to the WAL: raise {' and '.join(wanted)} "
-        "(docs/configuration.md)"
+        f"a write and its selection makes the selection rewrite whole pages to the WAL: raise {' and '.join(wanted)}"
+        f"{compress} (docs/configuration.md)"
     )
 
 
@@ -623,6 +639,7 @@ class AttributeStore:
         self.url = self._url.render_as_string(hide_password=True)
         self._clock = clock or _utcnow
         self._dialect = self._url.get_backend_name()
+        self._told_compression = False
         try:
             self._engine = self._create_engine()
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
@@ -1365,9 +1382,9 @@ class AttributeStore:
                 connect_args["application_name"] = "churnsync"
             if "connect_timeout" not in self._url.query:
                 connect_args["connect_timeout"] = 10
-            return sa.create_engine(
-                self._url, connect_args=connect_args, json_serializer=serializer, pool_pre_ping=True
-            )
+            pg = sa.create_engine(self._url, connect_args=connect_args, json_serializer=serializer, pool_pre_ping=True)
+            sa.event.listen(pg, "connect", self._compress_full_pages)
+            return pg
         engine = sa.create_engine(self._url, json_serializer=serializer)
 
         @sa.event.listens_for(engine, "connect")
@@ -1396,6 +1413,47 @@ class AttributeStore:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
+
+    def _compress_full_pages(self, dbapi_connection: Any, _record: Any) -> None:
+        """PostgreSQL: each new session of the store compresses the whole pages it writes to the WAL, when nobody chose
+        for it (``wal_compression`` off as the server's built-in default, not set in its configuration, for the role,
+        the database or the connection) and the store's role may set it for its own sessions (a superuser, or
+        ``GRANT SET ON PARAMETER wal_compression``, PostgreSQL 15+).
+
+        A write of predictions, a sync's acknowledgements and the selection after a write change pages that a
+        checkpoint has just written out, and the first change to such a page writes all of it to the WAL: at 10M
+        customers most of a daily write's WAL (docs/benchmarks.md). Compressed (lz4 where the server has it, else
+        zstd, else its built-in pglz), that WAL is a third of the size; nothing about durability changes. A role
+        without the privilege keeps the server's setting, and the checkpoint advice asks for it. A session's setting
+        changes nothing for the server's other sessions.
+        """
+        server_version = int(dbapi_connection.info.server_version)
+        may_set = (
+            "has_parameter_privilege('wal_compression', 'SET')"
+            if server_version >= 150000
+            else "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
+        )
+        method = None
+        try:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(
+                    f"SELECT setting, source, enumvals, {may_set} FROM pg_settings WHERE name = 'wal_compression'"
+                )
+                setting, source, methods, allowed = cursor.fetchone()
+                if setting == "off" and source == "default" and allowed:
+                    # PostgreSQL 14 and older: a boolean (on = pglz).
+                    method = next((m for m in WAL_COMPRESSION_METHODS if m in (methods or ())), "on")
+                    cursor.execute(f"SET wal_compression = {method}")
+            dbapi_connection.commit()  # a SET in a transaction rolled back (the pool's reset) would be undone
+        except Exception as exc:
+            if not _driver_error(exc):
+                raise
+            dbapi_connection.rollback()
+            log.info("store: the server's wal_compression is kept, it could not be read or set (%s)", exc)
+            return
+        if method is not None and not self._told_compression:
+            self._told_compression = True
+            log.info("store: this store's sessions compress their full-page images in the WAL (%s)", method)
 
     def _db_time(self, value: datetime) -> Any:
         """``value`` as the driver takes it for a UtcDateTime column (for SQL sent without SQLAlchemy types)."""
@@ -1775,9 +1833,10 @@ class AttributeStore:
         self._set_plan_methods(conn, methods, "DEFAULT")
         conn.execute(v.insert().from_select(_VALUE_COLUMNS, new.where(ch.c.old_run_id.is_(None))))
 
-    def _server_wal(self) -> tuple[int, float, float, float] | None:
-        """PostgreSQL: the server's WAL insert position (bytes), ``max_wal_size`` (MB), ``checkpoint_completion_target``
-        and ``checkpoint_timeout`` (s); None on SQLite or when the server does not say (the write goes on)."""
+    def _server_wal(self) -> tuple[int, float, float, float, str] | None:
+        """PostgreSQL: the server's WAL insert position (bytes), ``max_wal_size`` (MB),
+        ``checkpoint_completion_target``, ``checkpoint_timeout`` (s) and the store's sessions' ``wal_compression``;
+        None on SQLite or when the server does not say (the write goes on)."""
         if self._dialect != "postgresql":
             return None
         try:
@@ -1786,24 +1845,30 @@ class AttributeStore:
                     "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0'), "
                     "(SELECT setting::float8 FROM pg_settings WHERE name = 'max_wal_size' AND unit = 'MB'), "
                     "current_setting('checkpoint_completion_target')::float8, "
-                    "(SELECT setting::float8 FROM pg_settings WHERE name = 'checkpoint_timeout' AND unit = 's')"
+                    "(SELECT setting::float8 FROM pg_settings WHERE name = 'checkpoint_timeout' AND unit = 's'), "
+                    "current_setting('wal_compression')"
                 ).one()
         except sa.exc.SQLAlchemyError as exc:
             log.info("store: no checkpoint advice, the server's WAL position is not readable (%s)", type(exc).__name__)
             return None
         if any(value is None for value in row):
             return None
-        return int(row[0]), float(row[1]), float(row[2]), float(row[3])
+        return int(row[0]), float(row[1]), float(row[2]), float(row[3]), str(row[4])
 
-    def _checkpoint_advice(self, start: tuple[int, float, float, float] | None, seconds: float) -> str | None:
+    def _checkpoint_advice(self, start: tuple[int, float, float, float, str] | None, seconds: float) -> str | None:
         """PostgreSQL: :func:`checkpoint_advice` for the WAL the server wrote since ``start`` (:meth:`_server_wal`;
         this write's WAL and any other session's) in ``seconds``, with the server's settings as they are now."""
         now = self._server_wal() if start is not None else None
         if start is None or now is None:
             return None
-        position, max_wal_mb, target, timeout_s = now
+        position, max_wal_mb, target, timeout_s, compression = now
         return checkpoint_advice(
-            position - start[0], seconds, max_wal_mb=max_wal_mb, completion_target=target, timeout_s=timeout_s
+            position - start[0],
+            seconds,
+            max_wal_mb=max_wal_mb,
+            completion_target=target,
+            timeout_s=timeout_s,
+            wal_compression=compression,
         )
 
     @staticmethod
