@@ -168,7 +168,7 @@ def test_postgresql_sessions_compress_full_page_images_where_the_server_does_not
             server = conn.execute(sa.text("SELECT boot_val, reset_val FROM pg_settings WHERE name = 'wal_compression'"))
             boot, reset = server.one()
         assert (boot, reset) == ("off", "off"), "this test needs the server's wal_compression at its built-in default"
-        with caplog.at_level(logging.INFO, logger="churnsync.store.store"):
+        with caplog.at_level(logging.DEBUG, logger="churnsync.store.store"):
             assert _session_compression(postgres_url) == _best_method(admin) == "lz4"  # this machine's server has lz4
         told = [r.getMessage() for r in caplog.records if "compress" in r.getMessage()]
         assert told == ["store: this store's sessions compress their full-page images in the WAL (lz4)"]
@@ -194,7 +194,7 @@ def test_postgresql_a_role_that_may_not_set_it_keeps_the_servers_setting_which_t
         conn.execute(sa.text(f'GRANT ALL ON SCHEMA "{schema}" TO "{role}"'))
     url = postgres_url.replace("postgres@", f"{role}@", 1)
     try:
-        with caplog.at_level(logging.INFO, logger="churnsync.store.store"):
+        with caplog.at_level(logging.DEBUG, logger="churnsync.store.store"):
             assert _session_compression(url) == "off"
         assert not [r for r in caplog.records if "compress" in r.getMessage()]
         with AttributeStore.open(url) as store:

@@ -1449,11 +1449,11 @@ class AttributeStore:
             if not _driver_error(exc):
                 raise
             dbapi_connection.rollback()
-            log.info("store: the server's wal_compression is kept, it could not be read or set (%s)", exc)
+            log.debug("store: the server's wal_compression is kept, it could not be read or set (%s)", exc)
             return
         if method is not None and not self._told_compression:
             self._told_compression = True
-            log.info("store: this store's sessions compress their full-page images in the WAL (%s)", method)
+            log.debug("store: this store's sessions compress their full-page images in the WAL (%s)", method)
 
     def _db_time(self, value: datetime) -> Any:
         """``value`` as the driver takes it for a UtcDateTime column (for SQL sent without SQLAlchemy types)."""
