@@ -125,7 +125,7 @@ def test_a_first_load_keeps_the_schema_of_schema_py(store_url: str) -> None:
                 )
                 assert options == {
                     "attribute_values": ["fillfactor=90"],
-                    "customers": ["fillfactor=50"],
+                    "customers": ["fillfactor=90"],
                     "destination_state": ["fillfactor=90"],
                 }
         assert diff == []

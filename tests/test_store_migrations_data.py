@@ -9,6 +9,7 @@ from alembic import command
 
 from churnsync.records import BatchOutcome, Change
 from churnsync.store import AttributeStore
+from churnsync.store import schema as s
 from churnsync.store.store import alembic_config
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
@@ -74,7 +75,7 @@ def test_upgrade_from_0001_keeps_every_row_and_fills_the_new_tables(store_url: s
         try:
             with engine.connect() as conn:
                 after = {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one() for t in ROWS_0001}
-                scored = dict(conn.execute(sa.text("SELECT customer_id, last_run_id FROM customers")).all())
+                scored = dict(conn.execute(sa.select(s.customers.c.customer_id, s.last_scored_run())).all())
                 first = dict(conn.execute(sa.text("SELECT customer_id, first_run_id FROM customers")).all())
                 locks = conn.execute(sa.text("SELECT count(*) FROM store_lock")).scalar_one()
                 marks = dict(conn.execute(sa.text("SELECT customer_id, changed_seq FROM customers")).all())
@@ -242,3 +243,26 @@ def test_the_dashboard_shows_each_acknowledgement_once_on_a_store_not_yet_upgrad
         ("churn_risk", "low"),
         ("churn_risk", "medium"),
     ]
+
+
+def test_customers_scored_by_the_latest_write_get_0_and_their_run_back(store_url: str) -> None:
+    """0008 → 0009 → 0008: the highest last_run_id is kept once (``scored_by``) and becomes 0 on its customers."""
+    customers = "SELECT customer_id, first_run_id, last_run_id FROM customers ORDER BY customer_id"
+    counter = "SELECT value FROM store_counters WHERE name = 'scored_by'"
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            _at_0001_with(conn, ("prediction_runs", "attribute_values"))
+            command.upgrade(alembic_config(conn), "0008")
+            rows = conn.execute(sa.text(customers)).all()
+            assert [tuple(r) for r in rows] == [("a", 1, 2), ("b", 3, 3)]
+            command.upgrade(alembic_config(conn), "0009")
+            assert [tuple(r) for r in conn.execute(sa.text(customers))] == [("a", 1, 2), ("b", 3, 0)]
+            assert conn.execute(sa.text(counter)).scalar_one() == 3
+            last = dict(conn.execute(sa.select(s.customers.c.customer_id, s.last_scored_run())).all())
+            assert last == {"a": 2, "b": 3}
+            command.downgrade(alembic_config(conn), "0008")
+            assert conn.execute(sa.text(customers)).all() == rows
+            assert conn.execute(sa.text(counter)).first() is None
+    finally:
+        engine.dispose()

@@ -25,6 +25,7 @@ from churnsync.config import AttributeRule, AttributeSettings
 from churnsync.errors import StoreError
 from churnsync.records import BatchOutcome, Change, ObjectFailure, Value
 from churnsync.store import AttributeStore
+from churnsync.store import schema as s
 from churnsync.store import store as store_module
 from clocks import Clock
 
@@ -90,7 +91,7 @@ def reference(
     succeeded = [i for i, r in runs.items() if r["status"] == "succeeded"]
     latest = max(succeeded) if succeeded else None
     with db.connect() as conn:
-        last_run = dict(conn.execute(sa.text("SELECT customer_id, last_run_id FROM customers")).all())
+        last_run = dict(conn.execute(sa.select(s.customers.c.customer_id, s.last_scored_run())).all())
     cutoff = None if ttl is None else store._now() - ttl
     acked = store.acknowledged_state(destination)
     expected: dict[str, dict[str, Value]] = {}
@@ -215,6 +216,48 @@ def test_a_streamed_write_marks_like_a_whole_one(store: AttributeStore) -> None:
     store.finish_prediction_run(run, status="succeeded", summary={})
     assert summary.customers_scored == 3 and summary.values_changed == 2
     assert select(store, "braze") == {"a": {"p": 0.45}, "c": {"tier": "low"}}
+
+
+def test_a_write_rewrites_only_the_customers_whose_record_changes(store: AttributeStore, db: sa.Engine) -> None:
+    """A last_run_id of 0 stands for the latest write's run (0009): a write leaves the others' rows as they are."""
+    c = s.customers
+
+    def rows() -> dict[str, tuple[int, int]]:
+        with db.connect() as conn:
+            query = sa.select(c.c.customer_id, c.c.first_run_id, c.c.last_run_id)
+            return {r[0]: (r[1], r[2]) for r in conn.execute(query)}
+
+    def last_scored() -> dict[str, int]:
+        with db.connect() as conn:
+            return dict(conn.execute(sa.select(c.c.customer_id, s.last_scored_run())).all())
+
+    def versions() -> dict[str, str]:
+        """PostgreSQL: the transaction that wrote each customer's row version (a rewrite changes it)."""
+        with db.connect() as conn:
+            return dict(conn.execute(sa.text("SELECT customer_id, xmin::text FROM customers")).all())
+
+    postgres = db.dialect.name == "postgresql"
+    first = write(store, {**ROWS, "d": {"p": 0.3, "tier": "low"}})
+    assert rows() == {k: (first, 0) for k in "abcd"}
+    before = versions() if postgres else {}
+    # a scored again unchanged, b changed, c and d not scored, e new.
+    second = write(store, {"a": ROWS["a"], "b": {"p": 0.7, "tier": "high"}, "e": {"p": 0.2, "tier": "low"}})
+    assert rows() == {"a": (first, 0), "b": (first, 0), "c": (first, first), "d": (first, first), "e": (second, 0)}
+    assert last_scored() == {"a": second, "b": second, "c": first, "d": first, "e": second}
+    if postgres:
+        after = versions()
+        assert [k for k in "abcd" if after[k] == before[k]] == ["a"]  # b marked, c and d written out
+    # c comes back; b and e, scored by the previous write only, get its run written out.
+    third = write(store, {"a": ROWS["a"], "c": ROWS["c"]})
+    assert last_scored() == {"a": third, "b": second, "c": third, "d": first, "e": second}
+    assert rows()["c"] == (first, 0) and rows()["b"] == (first, second)
+    # A second write of the same run (a run written in parts) keeps the first part's customers scored by it.
+    run = store.start_prediction_run(as_of=store._now(), horizon_days=30, model_version="m", details={})
+    store.write_predictions(run, pa.table({"customer_id": ["a"], "p": [0.1], "tier": ["low"]}), RULES)
+    store.write_predictions(run, pa.table({"customer_id": ["b"], "p": [0.7], "tier": ["high"]}), RULES)
+    store.finish_prediction_run(run, status="succeeded", summary={})
+    assert last_scored() == {"a": run, "b": run, "c": third, "d": first, "e": second}
+    assert select(store, "braze", mode="mirror") == {"a": ROWS["a"], "b": {"p": 0.7, "tier": "high"}}
 
 
 @pytest.mark.parametrize("seed", [1, 2])

@@ -274,6 +274,8 @@ def test_customer_page_shows_history_and_what_each_destination_got(dashboard: st
     assert "Current attributes" in page and "Probabilities: history of" in page
     assert "braze_emulator" in page and "braze_strict" in page  # acknowledged by one, refused by the other
     assert f"{state['churn_probability']:,.4g}" in page
+    # Scored by both of the demo's runs: the last is the latest write's run (stored as 0 since revision 0009).
+    assert "First scored by run 1, last by run 2." in page
     missing = httpx.get(f"{dashboard}/customer", params={"id": customer_id[:-1]}).text
     assert "No customer" in missing and customer_id in missing  # suggests ids with that prefix
 

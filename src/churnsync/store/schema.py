@@ -16,9 +16,11 @@ the same thing: the customer has no value for that attribute.
                      ├─< destination_state    what each destination last acknowledged per (customer, attribute)
                      └─< destination_acks     acknowledgements replaced by a later one (0008); with the state,
                                               the log of every acknowledged value (for history)
-    customers                                 per customer: the last prediction run that scored it (0002),
-                                              and the change counter when it last changed (0005)
-    store_counters                            the change counter; writers hold its row lock (0005)
+    customers                                 per customer: the last prediction run that scored it (0002; 0 for
+                                              the latest write's run, 0009), and the change counter when it last
+                                              changed (0005)
+    store_counters                            the change counter; writers hold its row lock (0005); the run of
+                                              the latest write (0009)
     selection_watermarks                      per destination: the counter and policy of its last selection (0005)
     selection_pending                         per destination: selected customers not acknowledged yet (0005)
     store_lock                                at most one row: the run holding the run lock (0002)
@@ -276,7 +278,10 @@ customers = sa.Table(
     metadata,
     sa.Column("customer_id", key_type(), nullable=False),
     # The first and the last prediction run that scored the customer (whether or not a value changed):
-    # "no longer scored" and prediction age (TTL) are decided from last_run_id.
+    # "no longer scored" and prediction age (TTL) are decided from the last (:func:`last_scored_run`). Since revision
+    # 0009 a last_run_id of 0 means "the run of the store's latest write" (``store_counters`` row ``scored_by``):
+    # a write then rewrites only the rows of customers that are new, changed, come back, or that it did not score,
+    # instead of every scored customer's row.
     sa.Column("first_run_id", sa.Integer, nullable=False),
     sa.Column("last_run_id", sa.Integer, nullable=False),
     # The store's change counter (store_counters) when something that decides what this customer should hold at
@@ -285,8 +290,28 @@ customers = sa.Table(
     sa.Column("changed_seq", sa.BigInteger, nullable=False, server_default="0"),
     sa.PrimaryKeyConstraint("customer_id"),
     sa.Index(None, "changed_seq"),
+    # The customers the latest write did not score (0009): few, looked up when a write brings them back.
+    sa.Index(
+        "ix_customers_not_scored_by_latest",
+        "customer_id",
+        postgresql_where=sa.text("last_run_id <> 0"),
+        sqlite_where=sa.text("last_run_id <> 0"),
+    ),
     sqlite_with_rowid=False,
 )
+
+#: The ``store_counters`` row holding the prediction run of the store's latest write that scored customers (0009).
+SCORED_BY = "scored_by"
+
+
+def last_scored_run(table: sa.Table = customers) -> Any:
+    """The last prediction run that scored each customer of ``table``, as a SQL expression.
+
+    ``last_run_id``, or where it is 0 the run of the store's latest write (``store_counters`` row :data:`SCORED_BY`).
+    """
+    latest_write = sa.select(store_counters.c.value).where(store_counters.c.name == SCORED_BY).scalar_subquery()
+    return sa.case((table.c.last_run_id == 0, latest_write), else_=table.c.last_run_id)
+
 
 store_lock = sa.Table(
     "store_lock",
