@@ -249,6 +249,7 @@ def test_customers_scored_by_the_latest_write_get_0_and_their_run_back(store_url
     """0008 → 0009 → 0008: the highest last_run_id is kept once (``scored_by``) and becomes 0 on its customers."""
     customers = "SELECT customer_id, first_run_id, last_run_id FROM customers ORDER BY customer_id"
     counter = "SELECT value FROM store_counters WHERE name = 'scored_by'"
+    options = "SELECT reloptions FROM pg_class WHERE oid = 'customers'::regclass"
     engine = sa.create_engine(store_url)
     try:
         with engine.begin() as conn:
@@ -261,8 +262,19 @@ def test_customers_scored_by_the_latest_write_get_0_and_their_run_back(store_url
             assert conn.execute(sa.text(counter)).scalar_one() == 3
             last = dict(conn.execute(sa.select(s.customers.c.customer_id, s.last_scored_run())).all())
             assert last == {"a": 2, "b": 3}
+            assert "ix_customers_not_scored_by_latest" in _indexes(conn)
+            postgres = conn.dialect.name == "postgresql"
+            if postgres:
+                assert conn.execute(sa.text(options)).scalar_one() == ["fillfactor=90"]
             command.downgrade(alembic_config(conn), "0008")
             assert conn.execute(sa.text(customers)).all() == rows
             assert conn.execute(sa.text(counter)).first() is None
+            assert "ix_customers_not_scored_by_latest" not in _indexes(conn)
+            if postgres:
+                assert conn.execute(sa.text(options)).scalar_one() == ["fillfactor=50"]
     finally:
         engine.dispose()
+
+
+def _indexes(conn: sa.Connection) -> set[str]:
+    return {str(index["name"]) for index in sa.inspect(conn).get_indexes("customers")}
