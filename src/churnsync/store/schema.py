@@ -309,8 +309,12 @@ def last_scored_run(table: sa.Table = customers) -> Any:
 
     ``last_run_id``, or where it is 0 the run of the store's latest write (``store_counters`` row :data:`SCORED_BY`).
     """
-    latest_write = sa.select(store_counters.c.value).where(store_counters.c.name == SCORED_BY).scalar_subquery()
-    return sa.case((table.c.last_run_id == 0, latest_write), else_=table.c.last_run_id)
+    return sa.case((table.c.last_run_id == 0, latest_write_run().scalar_subquery()), else_=table.c.last_run_id)
+
+
+def latest_write_run() -> sa.Select[Any]:
+    """The run of the store's latest write that scored customers (:data:`SCORED_BY`): what ``last_run_id`` 0 means."""
+    return sa.select(store_counters.c.value).where(store_counters.c.name == SCORED_BY)
 
 
 store_lock = sa.Table(

@@ -2019,21 +2019,21 @@ class AttributeStore:
                 conn.execute(c.update().where(c.c.last_run_id == _ZERO, unstaged).values(last_run_id=previous))
         if added is not None:
             conn.execute(c.insert().from_select(columns, added))
-        if mark_all or previous_gap:
+        # This write's mark where a selection may have dropped the customer or a value of it changed.
+        mark: Any = sa.case((sa.or_(*gaps, c.c.customer_id.in_(changed)), seq), else_=c.c.changed_seq)
+        everyone = mark_all or previous_gap
+        if everyone:
             # Every staged customer may have to be marked: one pass over them all (rare: this run, or the previous
             # write's, is older than a selection's latest run or TTL cutoff).
-            mark: Any = (
-                seq if mark_all else sa.case((sa.or_(*gaps, c.c.customer_id.in_(changed)), seq), else_=c.c.changed_seq)
-            )
-            conn.execute(c.update().where(c.c.customer_id.in_(staged)).values(last_run_id=0, changed_seq=mark))
+            values = {"last_run_id": 0, "changed_seq": seq if mark_all else mark}
+            conn.execute(c.update().where(c.c.customer_id.in_(staged)).values(**values))
         if postgres:
             self._merge_in_key_order(conn, reset=True)
-        if mark_all or previous_gap:
+        if everyone:
             self._set_scored_by(conn, run_id)
             return
         # Back after a gap (few, found by the partial index): scored by the latest write from now on, marked if a
         # selection may have dropped them.
-        mark = sa.case((sa.or_(*gaps, c.c.customer_id.in_(changed)), seq), else_=c.c.changed_seq)
         back = sa.and_(c.c.last_run_id != _ZERO, c.c.customer_id.in_(staged))  # inline: the partial index's predicate
         conn.execute(c.update().where(back).values(last_run_id=0, changed_seq=mark))
         # Changed (``changed``: the customers with a value changed by this write): marked. Other rows stay untouched.
@@ -2052,8 +2052,7 @@ class AttributeStore:
     @staticmethod
     def _scored_by(conn: Connection) -> int | None:
         """The run of the store's latest write that scored customers (the run a ``last_run_id`` of 0 stands for)."""
-        counters = s.store_counters
-        value = conn.execute(sa.select(counters.c.value).where(counters.c.name == s.SCORED_BY)).scalar_one_or_none()
+        value = conn.execute(s.latest_write_run()).scalar_one_or_none()
         return None if value is None else int(value)
 
     def _set_scored_by(self, conn: Connection, run_id: int) -> None:

@@ -385,9 +385,7 @@ def destination_view(store: AttributeStore, customer_id: str, tables: set[str]) 
             row = conn.execute(sa.select(c).where(c.c.customer_id == customer_id)).first()
             scored = dict(row._mapping) if row is not None else None
             if scored is not None and scored["last_run_id"] == 0:  # revision 0009: scored by the latest write
-                counters = s.store_counters
-                latest_write = sa.select(counters.c.value).where(counters.c.name == s.SCORED_BY)
-                scored["last_run_id"] = conn.execute(latest_write).scalar_one_or_none()
+                scored["last_run_id"] = conn.execute(s.latest_write_run()).scalar_one_or_none()
     return {"state": state, "acks": acks, "failures": failures, "quarantine": quarantine, "scored": scored}
 
 
