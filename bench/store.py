@@ -258,29 +258,30 @@ def acknowledge(store: AttributeStore, run: int | None) -> None:
     upserted into the acknowledged state in customer order (the order of a selection), and the customers leave the
     destination's pending set. In one of the store's sessions (with its settings, e.g. WAL compression).
     """
-    columns = "destination, customer_id, attribute, num_value, text_value, sync_run_id, acknowledged_at"
-    values = "SELECT 'braze', customer_id, attribute, num_value, text_value, 1, updated_at FROM attribute_values"
+    columns = "destination, customer_id, attribute_id, num_value, text_value, sync_run_id, acknowledged_at"
+    values = "SELECT 'braze', customer_id, attribute_id, num_value, text_value, 1, updated_at FROM attribute_values"
     with store.transaction("acknowledge (benchmark)", write=True) as conn:
         if run is None:
-            acknowledged = f"{values} ORDER BY customer_id, attribute"
+            acknowledged = f"{values} ORDER BY customer_id, attribute_id"
             conn.execute(sa.text(f"INSERT INTO destination_state ({columns}) {acknowledged}"))
         else:
             conn.execute(
                 sa.text(
-                    f"INSERT INTO destination_acks ({columns}) SELECT d.destination, d.customer_id, d.attribute, "
+                    f"INSERT INTO destination_acks ({columns}) SELECT d.destination, d.customer_id, d.attribute_id, "
                     "d.num_value, d.text_value, d.sync_run_id, d.acknowledged_at FROM destination_state d "
-                    "JOIN attribute_values v ON v.customer_id = d.customer_id AND v.attribute = d.attribute "
-                    "WHERE d.destination = 'braze' AND v.prediction_run_id = :run ORDER BY d.customer_id, d.attribute"
+                    "JOIN attribute_values v ON v.customer_id = d.customer_id AND v.attribute_id = d.attribute_id "
+                    "WHERE d.destination = 'braze' AND v.prediction_run_id = :run "
+                    "ORDER BY d.customer_id, d.attribute_id"
                 ),
                 {"run": run},
             )
-            acknowledged = f"{values} WHERE prediction_run_id = :run ORDER BY customer_id, attribute"
+            acknowledged = f"{values} WHERE prediction_run_id = :run ORDER BY customer_id, attribute_id"
             conn.execute(
                 sa.text(
                     f"INSERT INTO destination_state ({columns}) {acknowledged} "
-                    "ON CONFLICT (destination, customer_id, attribute) DO UPDATE SET num_value = excluded.num_value, "
-                    "text_value = excluded.text_value, sync_run_id = excluded.sync_run_id, "
-                    "acknowledged_at = excluded.acknowledged_at"
+                    "ON CONFLICT (destination, customer_id, attribute_id) DO UPDATE SET "
+                    "num_value = excluded.num_value, text_value = excluded.text_value, "
+                    "sync_run_id = excluded.sync_run_id, acknowledged_at = excluded.acknowledged_at"
                 ),
                 {"run": run},
             )
@@ -317,6 +318,32 @@ def a_day_later(url: str) -> None:
         conn.execute(sa.text("CHECKPOINT"))
     engine.dispose()
     print(f"    autovacuum would have: {', '.join(done) or 'nothing to vacuum'}; checkpoint", flush=True)
+
+
+#: The tables whose size the benchmark prints (with their keys and indexes), and the whole store.
+SIZED = ("attribute_values", "destination_state", "customers", "attribute_history", "destination_acks")
+
+
+def store_size(store: AttributeStore, url: str) -> str:
+    """The store's size after the last run: the big tables with their keys, and the whole (PostgreSQL: its schema;
+    SQLite: the database file with its WAL)."""
+    gb = 1e9
+    if store.dialect == "sqlite":
+        path = Path(url.removeprefix("sqlite:///"))
+        files = [path, path.with_name(path.name + "-wal")]
+        return f"{sum(f.stat().st_size for f in files if f.exists()) / gb:.2f} GB (database file and WAL)"
+    with store.transaction("measure the store (benchmark)") as conn:
+        sizes: dict[str, int] = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+                )
+            ).all()
+        )
+    parts = ", ".join(f"{name} {sizes.get(name, 0) / gb:.2f} GB" for name in SIZED)
+    return f"{sum(sizes.values()) / gb:.2f} GB in all, with keys and indexes ({parts})"
 
 
 def bench(
@@ -369,6 +396,7 @@ def bench(
                     timed(f"acknowledge run {run} (bulk SQL)", lambda r=prediction_run: acknowledge(store, r), results)
                     if engine == "postgresql":
                         timed("a day later (autovacuum, checkpoint)", lambda: a_day_later(url), results)
+            print(f"  store size: {store_size(store, url)}", flush=True)
         print(f"  peak RSS of this process: {peak_rss_mib():.0f} MiB", flush=True)
     finally:
         if WAL is not None:

@@ -50,7 +50,7 @@ SELECT count(*) FROM pg_temp.candidates c CROSS JOIN LATERAL (
     SELECT v.num_value, v.text_value, d.num_value AS acked_num, d.text_value AS acked_text
     FROM attribute_values v
     LEFT JOIN destination_state d
-      ON d.destination = 'braze' AND d.customer_id = c.customer_id AND d.attribute = v.attribute
+      ON d.destination = 'braze' AND d.customer_id = c.customer_id AND d.attribute_id = v.attribute_id
     WHERE v.customer_id = c.customer_id) p
 WHERE p.num_value IS DISTINCT FROM p.acked_num OR p.text_value IS DISTINCT FROM p.acked_text
 """
@@ -61,7 +61,8 @@ WHERE changed_seq > (SELECT changed_seq FROM selection_watermarks WHERE destinat
 #: The values run 2 changed (the benchmark moves the probability, hence its complement and its tier).
 UPDATE = """
 UPDATE attribute_values v SET num_value = v.num_value FROM pg_temp.candidates c
-WHERE v.customer_id = c.customer_id AND v.attribute IN ('churn_probability', 'p_alive', 'churn_risk')
+WHERE v.customer_id = c.customer_id AND v.attribute_id IN (
+    SELECT id FROM attributes WHERE name IN ('churn_probability', 'p_alive', 'churn_risk'))
 """
 
 

@@ -116,7 +116,8 @@ def test_updated_at_moves_only_on_a_real_change(store: AttributeStore, db: sa.En
     )
     assert summary.customers_changed == 1 and summary.values_changed == 2
     with db.connect() as conn:
-        rows = conn.execute(sa.text("SELECT customer_id, attribute, updated_at FROM attribute_values")).all()
+        named = "attribute_values JOIN attributes ON id = attribute_id"
+        rows = conn.execute(sa.text(f"SELECT customer_id, name AS attribute, updated_at FROM {named}")).all()
     stamps = {(r.customer_id, r.attribute): as_utc(r.updated_at) for r in rows}
     assert stamps == {
         ("a", "churn_probability"): first,
@@ -280,6 +281,84 @@ def test_new_attribute_for_an_existing_customer(store: AttributeStore) -> None:
     _, summary = write(store, {"customer_id": ["a", "b"], "churn_probability": [0.1, 0.2], "clv_365d": [10.0, None]})
     assert summary == WriteSummary(customers_scored=2, customers_new=0, customers_changed=1, values_changed=1)
     assert changes(store) == {"a": {"clv_365d": 10.0}}
+
+
+def test_each_attribute_name_is_kept_once_with_a_code_that_never_changes(store: AttributeStore, db: sa.Engine) -> None:
+    """The big tables hold a 2-byte code per attribute; names come back everywhere the store shows them."""
+    write(store, {"customer_id": ["a"], "zeta": [1.0], "alpha": ["x"]})
+    codes_before = attribute_codes(db)
+    assert sorted(codes_before) == ["alpha", "zeta"] and sorted(codes_before.values()) == [1, 2]
+    # A later write with a new attribute gives it the next code; the others keep theirs.
+    write(store, {"customer_id": ["a", "b"], "zeta": [2.0, 3.0], "alpha": ["x", "y"], "beta": [None, 5.0]})
+    # An acknowledgement may name an attribute no write has (a destination's own field): it gets a code too.
+    sync = store.start_sync_run("braze", prediction_run_id=None)
+    outcome = BatchOutcome(
+        seq=0, accepted=[Change("b", {"gamma": "g", "beta": 5.0})], failed=[], http_status=201, attempts=1
+    )
+    store.record_batch(sync, "braze", outcome)
+    codes = attribute_codes(db)
+    assert codes == {**codes_before, "beta": 3, "gamma": 4}
+    with db.connect() as conn:
+        stored = set(conn.execute(sa.text("SELECT attribute_id FROM attribute_values")).scalars())
+        acknowledged = set(conn.execute(sa.text("SELECT attribute_id FROM destination_state")).scalars())
+        past = set(conn.execute(sa.text("SELECT attribute_id FROM attribute_history")).scalars())
+    assert stored == {1, 2, 3} and acknowledged == {3, 4} and past == {codes["zeta"]}
+    assert store.current_values() == {"a": {"alpha": "x", "zeta": 2.0}, "b": {"alpha": "y", "beta": 5.0, "zeta": 3.0}}
+    assert store.acknowledged_state("braze") == {"b": {"beta": 5.0, "gamma": "g"}}
+    assert changes(store) == {"a": {"alpha": "x", "zeta": 2.0}, "b": {"alpha": "y", "zeta": 3.0}}
+    assert [(e.attribute, e.old_value, e.new_value) for e in store.history("a") if e.attribute == "zeta"] == [
+        ("zeta", None, 1.0),
+        ("zeta", 1.0, 2.0),
+    ]
+    exported = pa.concat_tables(list(store.attribute_tables())).to_pylist()
+    assert exported == [
+        {"customer_id": "a", "alpha": "x", "beta": None, "zeta": 2.0},
+        {"customer_id": "b", "alpha": "y", "beta": 5.0, "zeta": 3.0},
+    ]
+
+
+def test_a_write_past_the_last_attribute_code_is_refused_and_leaves_nothing(
+    store: AttributeStore, db: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from churnsync.store import schema
+
+    write(store, {"customer_id": ["a"], "p": [0.1]})
+    monkeypatch.setattr(schema, "MAX_ATTRIBUTE_ID", 2)
+    with pytest.raises(StoreError, match="more than 2 attribute names"):
+        write(store, {"customer_id": ["a"], "p": [0.1], "q": [0.2], "r": [0.3]})
+    assert attribute_codes(db) == {"p": 1}
+    assert store.current_values() == {"a": {"p": 0.1}}
+    write(store, {"customer_id": ["a"], "p": [0.1], "q": [0.2]})  # within the limit
+    assert attribute_codes(db) == {"p": 1, "q": 2}
+
+
+def test_sqlite_names_the_codes_of_a_selection_in_its_statement_or_by_lookup(
+    store: AttributeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to CASE_NAMES names are written into the statement; beyond, each code is looked up: the same selection."""
+    from churnsync.store import store as store_module
+
+    columns = {"customer_id": ["a", "b"], "p": [0.1, None], "q": ["x", "y"], "r": [None, 2.0]}
+    write(store, columns)
+    expected = {"a": {"p": 0.1, "q": "x"}, "b": {"q": "y", "r": 2.0}}
+    monkeypatch.setattr(store_module, "CASE_NAMES", 2)  # fewer than the three names: looked up
+    assert changes(store) == expected
+    monkeypatch.setattr(store_module, "CASE_NAMES", 3)  # written into the statement
+    assert changes(store, "elsewhere") == expected
+
+
+def test_a_code_given_while_a_selection_streams_is_looked_up(store: AttributeStore) -> None:
+    """The names a selection maps codes with are read when it starts; a code added since is read when first met."""
+    from churnsync.store.store import _AttributeNames
+
+    write(store, {"customer_id": ["a"], "p": [0.1]})
+    names = _AttributeNames(store._engine, {})  # as read before the write that gave "p" its code
+    assert names[1] == "p" and dict(names) == {1: "p"}
+
+
+def attribute_codes(db: sa.Engine) -> dict[str, int]:
+    with db.connect() as conn:
+        return {name: code for code, name in conn.execute(sa.text("SELECT id, name FROM attributes"))}
 
 
 def test_customers_absent_from_a_run_are_left_untouched(store: AttributeStore) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
+from alembic.runtime.migration import MigrationContext
 
+from churnsync.errors import StoreError
 from churnsync.records import BatchOutcome, Change
 from churnsync.store import AttributeStore
 from churnsync.store import schema as s
@@ -81,6 +85,7 @@ def test_upgrade_from_0001_keeps_every_row_and_fills_the_new_tables(store_url: s
                 marks = dict(conn.execute(sa.text("SELECT customer_id, changed_seq FROM customers")).all())
                 counter = conn.execute(sa.text("SELECT value FROM store_counters WHERE name = 'changes'")).scalar_one()
                 watermarks = conn.execute(sa.text("SELECT count(*) FROM selection_watermarks")).scalar_one()
+                codes = conn.execute(sa.text("SELECT id, name FROM attributes ORDER BY id")).all()
             # 0006: the history keeps past values only. b's "low" (run 1, replaced by run 3 at T1) is one; the other
             # three change rows held values still current, which live in attribute_values alone. 0008: likewise the
             # acknowledgement log keeps the replaced acknowledgement only; the other two repeat destination_state.
@@ -96,6 +101,8 @@ def test_upgrade_from_0001_keeps_every_row_and_fills_the_new_tables(store_url: s
             # Everyone counts as scored by the latest succeeded run (2), or a later run that changed them (3).
             assert scored == {"a": 2, "b": 3} and first == {"a": 1, "b": 3}
             assert locks == 0
+            # 0010: every name has its code, in name order.
+            assert [tuple(r) for r in codes] == [(1, "churn_probability"), (2, "churn_risk")]
             # The data reads back through the API, acknowledgements still match their changes, and new writes work.
             assert store.current_values() == {
                 "a": {"churn_probability": 0.2, "churn_risk": "low"},
@@ -278,3 +285,245 @@ def test_customers_scored_by_the_latest_write_get_0_and_their_run_back(store_url
 
 def _indexes(conn: sa.Connection) -> set[str]:
     return {str(index["name"]) for index in sa.inspect(conn).get_indexes("customers")}
+
+
+#: The columns of the four tables at 0009 (``attribute`` the name) and the ordinals of their keys among them.
+COLUMNS_0009 = {
+    "attribute_values": (
+        ("customer_id", "attribute", "num_value", "text_value", "prediction_run_id", "updated_at"),
+        "1, 2",
+    ),
+    "attribute_history": (
+        (
+            "id",
+            "customer_id",
+            "attribute",
+            "num_value",
+            "text_value",
+            "prediction_run_id",
+            "replaced_by_run_id",
+            "valid_from",
+            "valid_to",
+        ),
+        "1",
+    ),
+    "destination_state": (
+        ("destination", "customer_id", "attribute", "num_value", "text_value", "sync_run_id", "acknowledged_at"),
+        "1, 2, 3",
+    ),
+    "destination_acks": (
+        ("id", "sync_run_id", "destination", "customer_id", "attribute", "num_value", "text_value", "acknowledged_at"),
+        "1",
+    ),
+}
+
+#: At 0009, on top of ROWS_0001: names found in one table only (one sorting before the others bytewise, one not ASCII),
+#: and gaps in the ids of the history and the acknowledgement log (the highest history id, one acknowledgement).
+ROWS_0009 = [
+    "INSERT INTO attribute_history (customer_id, attribute, num_value, text_value, prediction_run_id, "
+    "replaced_by_run_id, valid_from, valid_to) VALUES ('a', 'größe', NULL, 'xl', 1, 2, :t0, :t1), "
+    "('b', 'Zeta', 1.5, NULL, 1, 3, :t0, :t1), ('c', 'churn_risk', NULL, 'low', 1, 2, :t0, :t1)",
+    "DELETE FROM attribute_history WHERE customer_id = 'c'",
+    "INSERT INTO destination_acks (sync_run_id, destination, customer_id, attribute, num_value, text_value, "
+    "acknowledged_at) VALUES (1, 'braze', 'b', 'churn_risk', NULL, 'low', :t0)",
+    "INSERT INTO destination_acks (sync_run_id, destination, customer_id, attribute, num_value, text_value, "
+    "acknowledged_at) VALUES (1, 'braze', 'b', 'tier', NULL, 'gold', :t1)",
+    "DELETE FROM destination_acks WHERE customer_id = 'b' AND attribute = 'churn_risk'",
+]
+NAMES = ["Zeta", "churn_probability", "churn_risk", "größe", "tier"]  # bytewise order, as on both engines
+
+
+def _rows(conn: sa.Connection, codes: bool) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the four tables as at 0009, the attribute's name read through ``attributes`` at 0010."""
+    rows = {}
+    for table, (columns, key) in COLUMNS_0009.items():
+        if codes:
+            selected = ", ".join("a.name" if c == "attribute" else f"t.{c}" for c in columns)
+            source = f"{table} t JOIN attributes a ON a.id = t.attribute_id"
+        else:
+            selected, source = ", ".join(columns), table
+        rows[table] = [tuple(r) for r in conn.execute(sa.text(f"SELECT {selected} FROM {source} ORDER BY {key}"))]
+    return rows
+
+
+def _catalogue(conn: sa.Connection) -> list[tuple[Any, ...]]:
+    """The schema as the engine records it: each table's stored definition and indexes (SQLite); columns, constraints,
+    indexes, storage options and sequence owners (PostgreSQL)."""
+    if conn.dialect.name == "sqlite":
+        queries = ["SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name"]
+    else:
+        here = "to_regnamespace(current_schema())::oid"
+        queries = [
+            "SELECT relname, relkind, reloptions::text, pg_get_indexdef(oid) FROM pg_class "
+            f"WHERE relnamespace = {here} ORDER BY relname",
+            "SELECT conrelid::regclass::text, conname, contype::text, pg_get_constraintdef(oid) FROM pg_constraint "
+            f"WHERE connamespace = {here} ORDER BY 1, 2",
+            "SELECT table_name, ordinal_position, column_name, data_type, character_maximum_length, collation_name, "
+            "column_default, is_nullable FROM information_schema.columns WHERE table_schema = current_schema() "
+            "ORDER BY 1, 2",
+            "SELECT d.objid::regclass::text, d.refobjid::regclass::text, d.refobjsubid, d.deptype::text "
+            f"FROM pg_depend d JOIN pg_class s ON s.oid = d.objid WHERE s.relkind = 'S' AND s.relnamespace = {here} "
+            "AND d.refobjsubid > 0 ORDER BY 1",
+        ]
+    return [tuple(r) for q in queries for r in conn.execute(sa.text(q))]
+
+
+def _assert_keys_of_0010(conn: sa.Connection) -> None:
+    """The four tables and ``attributes`` have schema.py's keys, indexes, checks, column and storage, by name."""
+    inspector = sa.inspect(conn)
+    keys = {
+        "attribute_values": ["customer_id", "attribute_id"],
+        "attribute_history": ["id"],
+        "destination_state": ["destination", "customer_id", "attribute_id"],
+        "destination_acks": ["id"],
+        "attributes": ["id"],
+    }
+    for table, columns in keys.items():
+        key = inspector.get_pk_constraint(table)
+        assert (key["name"], key["constrained_columns"]) == (f"pk_{table}", columns)
+    indexes = {
+        table: {str(ix["name"]): ix["column_names"] for ix in inspector.get_indexes(table)}
+        for table in (*COLUMNS_0009, "attributes")
+    }
+    assert indexes == {
+        "attribute_values": {},
+        "attribute_history": {
+            "ix_attribute_history_customer_id_attribute_id_valid_from": ["customer_id", "attribute_id", "valid_from"]
+        },
+        "destination_state": {},
+        "destination_acks": {
+            "ix_destination_acks_customer_id_attribute_id_acknowledged_at": [
+                "customer_id",
+                "attribute_id",
+                "acknowledged_at",
+            ]
+        },
+        # PostgreSQL reports a unique constraint's index too (SQLite's is an automatic index, not reported).
+        "attributes": {"uq_attributes_name": ["name"]} if conn.dialect.name == "postgresql" else {},
+    }
+    assert [(u["name"], u["column_names"]) for u in inspector.get_unique_constraints("attributes")] == [
+        ("uq_attributes_name", ["name"])
+    ]
+    checks = {table: [c["name"] for c in inspector.get_check_constraints(table)] for table in COLUMNS_0009}
+    assert checks == {
+        "attribute_values": ["ck_attribute_values_one_value"],
+        "attribute_history": [],
+        "destination_state": ["ck_destination_state_one_value"],
+        "destination_acks": [],
+    }
+    for table, (columns, _) in COLUMNS_0009.items():
+        reflected = inspector.get_columns(table)
+        assert [c["name"] for c in reflected] == ["attribute_id" if c == "attribute" else c for c in columns]
+        code = reflected[columns.index("attribute")]
+        assert isinstance(code["type"], sa.SmallInteger) and not code["nullable"]
+    if conn.dialect.name == "postgresql":
+        options = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT relname, reloptions FROM pg_class "
+                    "WHERE relnamespace = to_regnamespace(current_schema())::oid "
+                    "AND relname IN ('attribute_values', 'attribute_history', 'destination_state', 'destination_acks')"
+                )
+            ).all()
+        )
+        assert options == {
+            "attribute_values": ["fillfactor=90"],
+            "attribute_history": None,
+            "destination_state": ["fillfactor=90"],
+            "destination_acks": None,
+        }
+    else:
+        tables = dict(conn.execute(sa.text("SELECT name, sql FROM sqlite_master WHERE type = 'table'")).all())
+        clustered = {t for t in COLUMNS_0009 if tables[t].rstrip().endswith("WITHOUT ROWID")}
+        assert clustered == {"attribute_values", "destination_state"}
+
+
+def test_attribute_names_become_codes_and_come_back(store_url: str) -> None:
+    """0009 → 0010 → 0009 → 0010: every row keeps its name (through ``attributes``) and its id; keys get their names."""
+    insert_history = (
+        "INSERT INTO attribute_history (customer_id, attribute_id, num_value, text_value, prediction_run_id, "
+        "replaced_by_run_id, valid_from, valid_to) VALUES ('d', 1, 2.5, NULL, 3, 3, :t1, :t1) RETURNING id"
+    )
+    insert_ack = (
+        "INSERT INTO destination_acks (sync_run_id, destination, customer_id, attribute_id, num_value, text_value, "
+        "acknowledged_at) VALUES (1, 'braze', 'd', 1, 2.5, NULL, :t1) RETURNING id"
+    )
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            _at_0001_with(conn, tuple(ROWS_0001))
+            command.upgrade(alembic_config(conn), "0009")
+            for sql in ROWS_0009:
+                conn.execute(sa.text(sql), {"t0": T0, "t1": T1})
+            rows, schema_0009 = _rows(conn, codes=False), _catalogue(conn)
+            assert {table: len(r) for table, r in rows.items()} == {
+                "attribute_values": 3,
+                "attribute_history": 3,
+                "destination_state": 2,
+                "destination_acks": 2,
+            }
+            highest = {
+                t: conn.execute(sa.text(f"SELECT max(id) FROM {t}")).scalar_one()
+                for t in ("attribute_history", "destination_acks")
+            }
+
+            command.upgrade(alembic_config(conn), "0010")
+            codes = conn.execute(sa.text("SELECT id, name FROM attributes ORDER BY id")).all()
+            assert [tuple(r) for r in codes] == list(enumerate(NAMES, start=1))
+            assert sorted(NAMES) == NAMES
+            assert _rows(conn, codes=True) == rows  # ids of the history and the log included
+            _assert_keys_of_0010(conn)
+            schema_0010 = _catalogue(conn)
+
+            command.downgrade(alembic_config(conn), "0009")
+            assert _rows(conn, codes=False) == rows
+            assert _catalogue(conn) == schema_0009
+            assert "attributes" not in sa.inspect(conn).get_table_names()
+
+            command.upgrade(alembic_config(conn), "0010")
+            assert [tuple(r) for r in conn.execute(sa.text("SELECT id, name FROM attributes ORDER BY id"))] == [
+                tuple(r) for r in codes
+            ]
+            assert _rows(conn, codes=True) == rows
+            assert _catalogue(conn) == schema_0010
+            # New rows continue after the highest id kept (on PostgreSQL from where the sequence stood).
+            history_id = conn.execute(sa.text(insert_history), {"t1": T1}).scalar_one()
+            ack_id = conn.execute(sa.text(insert_ack), {"t1": T1}).scalar_one()
+            assert history_id > highest["attribute_history"] and ack_id > highest["destination_acks"]
+    finally:
+        engine.dispose()
+
+
+def test_more_attribute_names_than_codes_stop_the_upgrade(store_url: str) -> None:
+    """32768 distinct names over the four tables leave the store at 0009, untouched; 32767 get codes 1..32767."""
+    many = (
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 32766) "
+        "INSERT INTO destination_acks (sync_run_id, destination, customer_id, attribute, num_value, text_value, "
+        "acknowledged_at) SELECT 1, 'braze', 'a', 'name_' || i, NULL, 'x', :t0 FROM n"
+    )
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            _at_0001_with(conn, ("prediction_runs", "sync_runs", "attribute_values"))  # 2 names
+            command.upgrade(alembic_config(conn), "0009")
+            conn.execute(sa.text(many), {"t0": T0})
+            schema = _catalogue(conn)
+        with pytest.raises(StoreError, match=r"32768 distinct attribute names, more than the 32767") as caught:
+            AttributeStore.open(store_url)
+        assert "previous churnsync version" in str(caught.value)
+        with engine.begin() as conn:
+            assert MigrationContext.configure(conn).get_current_heads() == ("0009",)
+            assert _catalogue(conn) == schema
+            conn.execute(sa.text("DELETE FROM destination_acks WHERE attribute = 'name_1'"))
+            command.upgrade(alembic_config(conn), "0010")
+            codes = conn.execute(sa.text("SELECT count(*), min(id), max(id) FROM attributes")).one()
+            assert tuple(codes) == (32767, 1, 32767)
+            joined = conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM destination_acks t JOIN attributes a ON a.id = t.attribute_id "
+                    "WHERE a.name = 'name_' || t.id"
+                )
+            ).scalar_one()
+            assert joined == 32765
+    finally:
+        engine.dispose()

@@ -194,7 +194,8 @@ def test_selection_compares_only_candidates_once_a_destination_has_a_watermark(
     with db.begin() as conn:  # not a path churnsync takes: only to show which rows a selection reads
         conn.execute(
             sa.text(
-                "UPDATE destination_state SET text_value = 'tampered' WHERE customer_id = 'c' AND attribute = 'tier'"
+                "UPDATE destination_state SET text_value = 'tampered' WHERE customer_id = 'c' "
+                "AND attribute_id = (SELECT id FROM attributes WHERE name = 'tier')"
             )
         )
     write(store, {**ROWS, "a": {"p": 0.40, "tier": "low"}})
@@ -503,7 +504,10 @@ def test_acknowledged_customers_leave_the_pending_set_and_refused_ones_stay(
     assert pending(db, "braze") == {"b", "c"}  # b refused, c never sent: both still to send
     # The next selection compares the two pending customers and the one the write marks, not a.
     with db.begin() as conn:  # behind the store's back, to show that a (acknowledged) is not read again
-        tamper = "UPDATE destination_state SET text_value = 'x' WHERE customer_id = 'a' AND attribute = 'tier'"
+        tamper = (
+            "UPDATE destination_state SET text_value = 'x' WHERE customer_id = 'a' "
+            "AND attribute_id = (SELECT id FROM attributes WHERE name = 'tier')"
+        )
         conn.execute(sa.text(tamper))
     write(store, {**ROWS, "d": {"p": 0.2, "tier": "low"}})
     assert set(select(store, "braze")) == {"b", "c", "d"}

@@ -456,3 +456,97 @@ def test_pages_follow_a_new_prediction_run(tmp_path: Path) -> None:
         assert "Run 2 compared with run 1" in second and "4 customers" in second
         page = client.get("/segments", params=[("a", "churn_probability"), ("o", ">"), ("v", "0.85")]).text
         assert '<span id="segment-count">2</span>' in page
+
+
+#: A store at revision 0009 (before attribute codes): names in the rows. Customer a moved in run 2; b and c did not.
+ROWS_0009 = [
+    "INSERT INTO prediction_runs (id, started_at, finished_at, status, as_of, horizon_days, model_version, "
+    "customers_scored, details, summary) VALUES (1, :t0, :t0, 'succeeded', :t0, 30, 'm', 3, '{}', '{}'), "
+    "(2, :t1, :t1, 'succeeded', :t1, 30, 'm', 3, '{}', '{}')",
+    "INSERT INTO attribute_values (customer_id, attribute, num_value, text_value, prediction_run_id, updated_at) "
+    "VALUES ('a', 'churn_probability', 0.9, NULL, 2, :t1), ('a', 'churn_risk', NULL, 'high', 2, :t1), "
+    "('b', 'churn_probability', 0.1, NULL, 1, :t0), ('b', 'churn_risk', NULL, 'low', 1, :t0), "
+    "('c', 'churn_probability', 0.5, NULL, 1, :t0), ('c', 'churn_risk', NULL, 'low', 1, :t0)",
+    "INSERT INTO attribute_history (customer_id, attribute, num_value, text_value, prediction_run_id, "
+    "replaced_by_run_id, valid_from, valid_to) VALUES ('a', 'churn_probability', 0.3, NULL, 1, 2, :t0, :t1), "
+    "('a', 'churn_risk', NULL, 'low', 1, 2, :t0, :t1)",
+    "INSERT INTO sync_runs (id, destination, prediction_run_id, started_at, finished_at, status) "
+    "VALUES (1, 'braze', 1, :t0, :t0, 'succeeded'), (2, 'braze', 2, :t1, :t1, 'succeeded')",
+    "INSERT INTO destination_state (destination, customer_id, attribute, num_value, text_value, sync_run_id, "
+    "acknowledged_at) VALUES ('braze', 'a', 'churn_risk', NULL, 'high', 2, :t1)",
+    "INSERT INTO destination_acks (sync_run_id, destination, customer_id, attribute, num_value, text_value, "
+    "acknowledged_at) VALUES (1, 'braze', 'a', 'churn_risk', NULL, 'low', :t0)",
+]
+
+
+@pytest.mark.postgres
+def test_the_dashboard_reads_a_store_not_yet_at_revision_0010(store_url: str) -> None:
+    """A store at 0009 names the attribute in every row (0010 keeps a code): the dashboard, which never migrates it,
+    lists the attributes, bins them, counts segments and shows the latest run's movement from the names."""
+    from alembic import command
+
+    from churnsync.store.schema import UtcDateTime
+    from churnsync.store.store import alembic_config
+    from churnsync.web import queries as q
+
+    t0, t1 = datetime(2026, 6, 1, tzinfo=UTC), datetime(2026, 6, 2, tzinfo=UTC)
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0009")
+            for sql in ROWS_0009:
+                times = (sa.bindparam("t0", t0, type_=UtcDateTime), sa.bindparam("t1", t1, type_=UtcDateTime))
+                conn.execute(sa.text(sql).bindparams(*(t for t in times if f":{t.key}" in sql)))
+        if engine.dialect.name == "sqlite":  # as churnsync leaves its stores: a read-only reader cannot switch to WAL
+            with engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+    finally:
+        engine.dispose()
+
+    store = open_read_only(store_url)
+    try:
+        infos = q.attributes(store)
+        assert [(i.name, i.numeric, i.customers, i.minimum, i.maximum) for i in infos] == [
+            ("churn_probability", True, 3, 0.1, 0.9),
+            ("churn_risk", False, 3, None, None),
+        ]
+        bins = q.histograms(store, infos)
+        assert list(bins) == ["churn_probability"]
+        counts = bins["churn_probability"].counts
+        assert sum(counts) == 3 and counts[0] == 1 and counts[-1] == 1
+        assert q.value_counts(store, ["churn_risk"]) == {"churn_risk": [("low", 2), ("high", 1)]}
+        likely = q.Filter("churn_probability", ">=", 0.5)
+        assert q.segment_count(store, [likely]) == 2
+        assert q.segment_preview(store, [likely, q.Filter("churn_risk", "=", "low")], infos) == [
+            {"customer_id": "c", "churn_probability": 0.5, "churn_risk": "low"}
+        ]
+        moved = q.movement(store, 2, 1, ["churn_probability"])
+        assert moved.changed_per_attribute == [("churn_probability", 1), ("churn_risk", 1)]
+        assert moved.transitions == {"churn_risk": [("low", "high", 1)]}
+        assert sum(moved.deltas["churn_probability"].counts) == 1
+        view = q.destination_view(store, "a", q.available_tables(store))
+        assert [(r["attribute"], r["value"]) for r in view["state"]] == [("churn_risk", "high")]
+        assert [(r["attribute"], r["value"], r["latest"]) for r in view["acks"]] == [
+            ("churn_risk", "high", True),
+            ("churn_risk", "low", False),
+        ]
+    finally:
+        store.close()
+
+    with serve_dashboard(create_app(store_url)) as running, httpx.Client(base_url=running.url) as client:
+        predictions = client.get("/predictions")
+        segment = client.get("/segments", params=[("a", "churn_probability"), ("o", ">="), ("v", "0.5")])
+        customer = client.get("/customer", params={"id": "a"})
+    assert predictions.status_code == 200 and "Distribution of churn_probability" in predictions.text
+    # The customer page (the store's own reads) says what to do instead of failing on the missing codes.
+    assert customer.status_code == 503 and "churnsync runs" in customer.text
+    assert "no such table" not in customer.text and "does not exist" not in customer.text
+    assert "Run 2 compared with run 1" in predictions.text
+    assert segment.status_code == 200 and '<span id="segment-count">2</span>' in segment.text
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.connect() as conn:  # read, never migrated
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0009"
+            assert not sa.inspect(conn).has_table("attributes")
+    finally:
+        engine.dispose()

@@ -296,9 +296,10 @@ def sample_acknowledged(store: AttributeStore, destination: str, size: int, seed
         state: dict[str, dict[str, Value]] = {c: {} for c in chosen}
         for start in range(0, len(chosen), 500):
             part = chosen[start : start + 500]
+            named = s.named(d)
             rows = conn.execute(
-                sa.select(d.c.customer_id, d.c.attribute, d.c.num_value, d.c.text_value).where(
-                    d.c.destination == destination, d.c.customer_id.in_(part)
+                sa.select(named.c.customer_id, named.c.attribute, named.c.num_value, named.c.text_value).where(
+                    named.c.destination == destination, named.c.customer_id.in_(part)
                 )
             )
             for customer_id, attribute, num, text in rows:

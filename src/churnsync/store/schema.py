@@ -5,7 +5,8 @@ Values are stored long-format, one row per (customer, attribute), in two typed c
 rather than one text or JSON column, because tolerance needs arithmetic in SQL on both engines, numbers
 must come back as the same float that was written (a text round trip could change them), and text
 (tiers, ISO times) must compare exactly as text. A missing row and a row with both columns null mean
-the same thing: the customer has no value for that attribute.
+the same thing: the customer has no value for that attribute. The attribute is a 2-byte code (``attribute_id``,
+revision 0010), whose name ``attributes`` holds once.
 
 ::
 
@@ -24,6 +25,8 @@ the same thing: the customer has no value for that attribute.
     selection_watermarks                      per destination: the counter and policy of its last selection (0005)
     selection_pending                         per destination: selected customers not acknowledged yet (0005)
     store_lock                                at most one row: the run holding the run lock (0002)
+    attributes                                each attribute name once, with the code the four tables above hold
+                                              instead of it (0010)
 
 A value is current from its ``updated_at`` (``attribute_values``); when a write replaces it, it moves to
 ``attribute_history`` with ``valid_to`` = the replacement's time.
@@ -124,12 +127,12 @@ attribute_values = sa.Table(
     "attribute_values",
     metadata,
     sa.Column("customer_id", key_type(), nullable=False),
-    sa.Column("attribute", key_type(), nullable=False),
+    sa.Column("attribute_id", sa.SmallInteger, nullable=False),
     sa.Column("num_value", sa.Double, nullable=True),
     sa.Column("text_value", sa.Text, nullable=True),
     sa.Column("prediction_run_id", sa.Integer, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
-    sa.PrimaryKeyConstraint("customer_id", "attribute"),
+    sa.PrimaryKeyConstraint("customer_id", "attribute_id"),
     sa.CheckConstraint("num_value IS NULL OR text_value IS NULL", name="one_value"),
     # Clustered on (customer_id, attribute): lookups and the ordered scan of select_changes read in place.
     sqlite_with_rowid=False,
@@ -145,7 +148,7 @@ attribute_history = sa.Table(
     metadata,
     sa.Column("id", id_type(), primary_key=True, autoincrement=True),
     sa.Column("customer_id", key_type(), nullable=False),
-    sa.Column("attribute", key_type(), nullable=False),
+    sa.Column("attribute_id", sa.SmallInteger, nullable=False),
     sa.Column("num_value", sa.Double, nullable=True),
     sa.Column("text_value", sa.Text, nullable=True),
     # The run that set the value, and the run that replaced it.
@@ -153,7 +156,7 @@ attribute_history = sa.Table(
     sa.Column("replaced_by_run_id", sa.Integer, nullable=False),
     sa.Column("valid_from", UtcDateTime, nullable=False),
     sa.Column("valid_to", UtcDateTime, nullable=False),
-    sa.Index(None, "customer_id", "attribute", "valid_from"),
+    sa.Index(None, "customer_id", "attribute_id", "valid_from"),
 )
 
 sync_runs = sa.Table(
@@ -209,12 +212,12 @@ destination_state = sa.Table(
     metadata,
     sa.Column("destination", key_type(100), nullable=False),
     sa.Column("customer_id", key_type(), nullable=False),
-    sa.Column("attribute", key_type(), nullable=False),
+    sa.Column("attribute_id", sa.SmallInteger, nullable=False),
     sa.Column("num_value", sa.Double, nullable=True),
     sa.Column("text_value", sa.Text, nullable=True),
     sa.Column("sync_run_id", sa.Integer, nullable=False),
     sa.Column("acknowledged_at", UtcDateTime, nullable=False),
-    sa.PrimaryKeyConstraint("destination", "customer_id", "attribute"),
+    sa.PrimaryKeyConstraint("destination", "customer_id", "attribute_id"),
     sa.CheckConstraint("num_value IS NULL OR text_value IS NULL", name="one_value"),
     sqlite_with_rowid=False,
 )
@@ -230,27 +233,29 @@ destination_acks = sa.Table(
     sa.Column("sync_run_id", sa.Integer, nullable=False),
     sa.Column("destination", key_type(100), nullable=False),
     sa.Column("customer_id", key_type(), nullable=False),
-    sa.Column("attribute", key_type(), nullable=False),
+    sa.Column("attribute_id", sa.SmallInteger, nullable=False),
     sa.Column("num_value", sa.Double, nullable=True),
     sa.Column("text_value", sa.Text, nullable=True),
     sa.Column("acknowledged_at", UtcDateTime, nullable=False),
-    sa.Index(None, "customer_id", "attribute", "acknowledged_at"),
+    sa.Index(None, "customer_id", "attribute_id", "acknowledged_at"),
 )
 
 
-def acknowledgements(customer_id: str) -> sa.Subquery:
+def acknowledgements(customer_id: str, tables: tuple[sa.Table, sa.Table] | None = None) -> sa.Subquery:
     """A customer's acknowledgement log: every value each destination acknowledged, replaced ones and the latest.
 
-    Columns: ``destination``, ``attribute``, ``num_value``, ``text_value``, ``sync_run_id``, ``acknowledged_at``,
-    ``latest`` (1 for the row from ``destination_state``) and ``seq`` (the log row's ``id``; 0 for the latest), so
-    that ``acknowledged_at, latest, seq`` orders a key's acknowledgements in the order they came.
+    Columns: ``destination``, ``attribute`` (the name), ``num_value``, ``text_value``, ``sync_run_id``,
+    ``acknowledged_at``, ``latest`` (1 for the row from ``destination_state``) and ``seq`` (the log row's ``id``; 0 for
+    the latest), so that ``acknowledged_at, latest, seq`` orders a key's acknowledgements in the order they came.
+    ``tables``: (acks, state) as a store before revision 0010 has them, with the name in each row (the dashboard).
     """
-    a, d = destination_acks, destination_state
+    a, d = tables or (destination_acks, destination_state)
+    key = attribute_key(a)
     # destination_state is keyed by destination first: naming the destinations lets a lookup use its key.
     destinations = sa.select(sync_runs.c.destination).distinct()
     replaced = sa.select(
         a.c.destination,
-        a.c.attribute,
+        a.c[key],
         a.c.num_value,
         a.c.text_value,
         a.c.sync_run_id,
@@ -260,7 +265,7 @@ def acknowledgements(customer_id: str) -> sa.Subquery:
     ).where(a.c.customer_id == customer_id)
     latest = sa.select(
         d.c.destination,
-        d.c.attribute,
+        d.c[key],
         d.c.num_value,
         d.c.text_value,
         d.c.sync_run_id,
@@ -268,7 +273,7 @@ def acknowledgements(customer_id: str) -> sa.Subquery:
         sa.literal(1),
         sa.literal(0),
     ).where(d.c.customer_id == customer_id, d.c.destination.in_(destinations))
-    return sa.union_all(replaced, latest).subquery("acknowledgements")
+    return by_name(sa.union_all(replaced, latest), "acknowledgements")
 
 
 # ---- revision 0002 (issue 4): who was scored when, and the run lock.
@@ -424,3 +429,41 @@ selection_pending = sa.Table(
     sa.PrimaryKeyConstraint("destination", "customer_id"),
     sqlite_with_rowid=False,
 )
+
+
+# -- attribute codes (issue 4, revision 0010) ---------------------------------------------------------------------
+
+#: Every attribute name the store has seen, and its code. The four high-volume tables keep the code (a 2-byte
+#: ``attribute_id``) instead of the name in every row and key: at 10M customers × 8 attributes the names took about
+#: a quarter of the current values, the acknowledged state and their keys. A write gives each new name the next code
+#: (it holds the change counter's lock); codes are never reused or renumbered. No foreign keys, as for the run ids.
+attributes = sa.Table(
+    "attributes",
+    metadata,
+    sa.Column("id", sa.SmallInteger, nullable=False, autoincrement=False),
+    sa.Column("name", key_type(), nullable=False),
+    sa.PrimaryKeyConstraint("id"),
+    sa.UniqueConstraint("name"),
+)
+
+#: The largest attribute code (a signed 2-byte integer on both engines).
+MAX_ATTRIBUTE_ID = 32767
+
+
+def attribute_key(table: sa.FromClause) -> str:
+    """The column of ``table`` that says which attribute a row is of: ``attribute_id``, or before revision 0010 (a
+    table as the dashboard reads an older store) ``attribute``, the name itself."""
+    return "attribute_id" if "attribute_id" in table.c else "attribute"
+
+
+def by_name(query: sa.CompoundSelect[Any] | sa.Select[Any], name: str) -> sa.Subquery:
+    """``query`` as a subquery with the attribute's name as ``attribute`` (:func:`named`, where it has codes)."""
+    rows = query.subquery(f"{name}_rows")
+    return named(rows, name) if attribute_key(rows) == "attribute_id" else query.subquery(name)
+
+
+def named(table: sa.FromClause, name: str | None = None) -> sa.Subquery:
+    """``table`` (or a subquery) with its ``attribute_id`` column replaced by the attribute's name, ``attribute``."""
+    a = attributes
+    columns = [a.c.name.label("attribute") if c.name == "attribute_id" else c for c in table.c]
+    return sa.select(*columns).select_from(table.join(a, a.c.id == table.c.attribute_id)).subquery(name)

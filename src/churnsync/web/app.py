@@ -306,6 +306,12 @@ def create_app(
         customer_id = id.strip()
         if not customer_id:
             return page(request, "customer", customer_id="", found=False, similar=[])
+        if "attributes" not in have:  # the store's own reads of a customer need revision 0010 (attribute codes)
+            raise StoreError(
+                f"store {store().url} is at an older schema revision than this churnsync's, and the customer page "
+                "reads it only once upgraded (the other pages read it as it is)",
+                remedy="Run `churnsync runs` against it once: every command but `serve` upgrades the store",
+            )
         current = store().current_values(customer_id).get(customer_id)
         history = store().history(customer_id)
         if current is None and not history:

@@ -2,15 +2,17 @@
 
 Every function takes an :class:`~churnsync.store.store.AttributeStore` opened by :func:`open_read_only` and
 only reads. Tables added by later revisions (the sync journal, quarantine) are read when they exist; a
-function answers ``None`` for what the store cannot tell yet, and the page says so.
+function answers ``None`` for what the store cannot tell yet, and the page says so. A store before revision 0010
+names the attribute in every row (column ``attribute``) instead of by its code (``attribute_id``): every query reads
+the attribute through :class:`_Names`, which knows which of the two the store has.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -64,6 +66,86 @@ def open_read_only(url: str) -> AttributeStore:
 
 def _tables(conn: Connection) -> set[str]:
     return set(sa.inspect(conn).get_table_names())
+
+
+# ---------------------------------------------------------------------------------------------- attribute names
+
+#: The four high-volume tables as a store before revision 0010 has them: the attribute's name in each row, column
+#: ``attribute`` (where revision 0010 has the code, ``attribute_id``). Only read, so columns without constraints.
+_BY_NAME = sa.MetaData()
+
+
+def _by_name(table: sa.Table) -> sa.Table:
+    columns = [
+        sa.Column("attribute", s.key_type(), nullable=False)
+        if c.name == "attribute_id"
+        else sa.Column(c.name, c.type, nullable=c.nullable, primary_key=c.primary_key)
+        for c in table.c
+    ]
+    return sa.Table(table.name, _BY_NAME, *columns)
+
+
+_LEGACY = {
+    t.name: _by_name(t) for t in (s.attribute_values, s.attribute_history, s.destination_state, s.destination_acks)
+}
+
+
+def _legacy(table: sa.Table) -> sa.Table:
+    return _LEGACY[table.name]
+
+
+@dataclass(frozen=True)
+class _Names:
+    """How a store's rows name their attribute: by code from revision 0010 on, by name before.
+
+    From revision 0010 (the ``attributes`` table exists) the high-volume tables hold a 2-byte code,
+    ``attribute_id``, and ``attributes`` maps codes to names; a store not yet upgraded (the dashboard never migrates)
+    holds the name itself, ``attribute``. Queries that scan every current value filter and group by :meth:`key` (the
+    code, not a join with ``attributes``) and map keys to names in Python with :meth:`name`.
+    """
+
+    codes: dict[str, int] | None  # name -> code; None: the rows hold the name (before revision 0010)
+    names: dict[int, str] = field(default_factory=dict)  # code -> name
+
+    @classmethod
+    def of(cls, codes: dict[str, int] | None) -> _Names:
+        return cls(codes, {code: name for name, code in (codes or {}).items()})
+
+    @property
+    def coded(self) -> bool:
+        return self.codes is not None
+
+    def table(self, table: sa.Table) -> sa.Table:
+        """``table`` as the store has it: the schema's, or before 0010 the definition with the name."""
+        return table if self.codes is not None else _LEGACY[table.name]
+
+    def key(self, table: sa.Table) -> Any:
+        """The column of ``table`` (from :meth:`table`) that says which attribute a row is of."""
+        return table.c.attribute_id if self.codes is not None else table.c.attribute
+
+    def is_(self, key: Any, name: str) -> Any:
+        """``key`` is attribute ``name`` (never true for a name the store has no code for)."""
+        if self.codes is None:
+            return key == name
+        code = self.codes.get(name)
+        return sa.false() if code is None else key == code
+
+    def in_(self, key: Any, names: Sequence[str]) -> Any:
+        if self.codes is None:
+            return key.in_(sorted(set(names)))
+        return key.in_(sorted(self.codes[n] for n in set(names) if n in self.codes))
+
+    def name(self, key: Any) -> str:
+        """The name of the attribute a row's ``key`` stands for."""
+        return str(key) if self.codes is None else self.names.get(int(key), str(key))
+
+
+def _names(conn: Connection) -> _Names:
+    """How the store behind ``conn`` names attributes (one look at its tables, and its small ``attributes``)."""
+    if not sa.inspect(conn).has_table(s.attributes.name):
+        return _Names.of(None)
+    a = s.attributes
+    return _Names.of({str(name): int(code) for name, code in conn.execute(sa.select(a.c.name, a.c.id))})
 
 
 def available_tables(store: AttributeStore) -> set[str]:
@@ -176,24 +258,23 @@ class AttributeInfo:
 
 
 def attributes(store: AttributeStore) -> list[AttributeInfo]:
-    """Every attribute with a current value; numeric when any value is a number."""
-    v = s.attribute_values
-    query = (
-        sa.select(
-            v.c.attribute,
+    """Every attribute with a current value, by name; numeric when any value is a number."""
+    with store.transaction("list the attributes") as conn:
+        names = _names(conn)
+        v = names.table(s.attribute_values)
+        key = names.key(v)
+        query = sa.select(
+            key.label("key"),
             sa.func.count(v.c.num_value).label("nums"),
             sa.func.count(v.c.text_value).label("texts"),
             sa.func.min(v.c.num_value).label("lo"),
             sa.func.max(v.c.num_value).label("hi"),
-        )
-        .group_by(v.c.attribute)
-        .order_by(v.c.attribute)
-    )
-    with store.transaction("list the attributes") as conn:
-        return [
-            AttributeInfo(row.attribute, row.nums >= row.texts, row.nums + row.texts, row.lo, row.hi)
+        ).group_by(key)
+        infos = [
+            AttributeInfo(names.name(row.key), row.nums >= row.texts, row.nums + row.texts, row.lo, row.hi)
             for row in conn.execute(query)
         ]
+    return sorted(infos, key=lambda info: info.name)
 
 
 def customer_count(store: AttributeStore) -> int:
@@ -216,15 +297,18 @@ class Histogram:
 
 
 def _binned(
-    dialect: str, attribute: Any, value: Any, ranges: dict[str, tuple[float, float]], bins: int
+    dialect: str, is_attribute: Callable[[str], Any], value: Any, ranges: dict[str, tuple[float, float]], bins: int
 ) -> tuple[Any, dict[str, Histogram]]:
-    """A bin index expression over several attributes at once (each with its own range), and empty histograms."""
+    """A bin index expression over several attributes at once (each with its own range), and empty histograms.
+
+    ``is_attribute(name)`` is the condition that a row is of attribute ``name``.
+    """
     empty: dict[str, Histogram] = {}
     whens = []
     for name, (low, high) in ranges.items():
         width = (high - low) / bins if high > low else 1.0
         empty[name] = Histogram(low, width, [0] * bins)
-        whens.append((attribute == name, (value - low) / width))
+        whens.append((is_attribute(name), (value - low) / width))
     scaled = sa.case(*whens)
     # Values are at or above their low: truncation is floor. PostgreSQL's CAST rounds, so it gets floor() first.
     index = sa.cast(sa.func.floor(scaled) if dialect == "postgresql" else scaled, sa.Integer)
@@ -235,7 +319,6 @@ def histograms(
     store: AttributeStore, infos: Sequence[AttributeInfo], *, bins: int = HISTOGRAM_BINS
 ) -> dict[str, Histogram]:
     """The distribution of every numeric attribute's current values, binned in SQL in one scan."""
-    v = s.attribute_values
     ranges = {
         i.name: (i.minimum, i.maximum)
         for i in infos
@@ -247,34 +330,39 @@ def histograms(
     }
     if not ranges:
         return {}
-    index, result = _binned(store.dialect, v.c.attribute, v.c.num_value, ranges, bins)
-    query = (
-        sa.select(v.c.attribute, index.label("bin"), sa.func.count())
-        .where(v.c.attribute.in_(sorted(ranges)), v.c.num_value.is_not(None))
-        .group_by(v.c.attribute, index)
-    )
     with store.transaction("bin the current values") as conn:
-        for name, i, n in conn.execute(query):
-            result[name].counts[int(i)] += int(n)
+        names = _names(conn)
+        v = names.table(s.attribute_values)
+        key = names.key(v)
+        index, result = _binned(store.dialect, lambda name: names.is_(key, name), v.c.num_value, ranges, bins)
+        query = (
+            sa.select(key, index.label("bin"), sa.func.count())
+            .where(names.in_(key, list(ranges)), v.c.num_value.is_not(None))
+            .group_by(key, index)
+        )
+        for attribute, i, n in conn.execute(query):
+            result[names.name(attribute)].counts[int(i)] += int(n)
     return result
 
 
 def value_counts(store: AttributeStore, attributes: Sequence[str]) -> dict[str, list[tuple[str, int]]]:
     """Customers per value of each text attribute (a segment or risk tier), largest first, in one scan."""
-    v = s.attribute_values
     if not attributes:
         return {}
-    n = sa.func.count().label("n")
-    query = (
-        sa.select(v.c.attribute, v.c.text_value, n)
-        .where(v.c.attribute.in_(sorted(attributes)), v.c.text_value.is_not(None))
-        .group_by(v.c.attribute, v.c.text_value)
-        .order_by(v.c.attribute, n.desc(), v.c.text_value)
-    )
     counts: dict[str, list[tuple[str, int]]] = {name: [] for name in attributes}
     with store.transaction("count the values of text attributes") as conn:
-        for name, value, count in conn.execute(query):
-            counts[name].append((str(value), int(count)))
+        names = _names(conn)
+        v = names.table(s.attribute_values)
+        key = names.key(v)
+        n = sa.func.count().label("n")
+        query = (
+            sa.select(key, v.c.text_value, n)
+            .where(names.in_(key, attributes), v.c.text_value.is_not(None))
+            .group_by(key, v.c.text_value)
+            .order_by(key, n.desc(), v.c.text_value)
+        )
+        for attribute, value, count in conn.execute(query):
+            counts[names.name(attribute)].append((str(value), int(count)))
     return counts
 
 
@@ -291,9 +379,12 @@ class Movement:
 
 def movement(store: AttributeStore, run_id: int, previous_run_id: int | None, numeric: Sequence[str]) -> Movement:
     """How values moved in run ``run_id``: changes per attribute, tier transitions, and numeric deltas."""
-    h = run_changes(run_id)
     in_run = sa.true()
     with store.transaction(f"read the changes of run {run_id}") as conn:
+        # Columns customer_id, attribute (the name), old_num, old_text, new_num, new_text on either revision.
+        h = run_changes(
+            run_id, None if _names(conn).coded else (_legacy(s.attribute_history), _legacy(s.attribute_values))
+        )
         n = sa.func.count().label("n")
         per_attribute = [
             (str(a), int(c))
@@ -320,7 +411,7 @@ def movement(store: AttributeStore, run_id: int, previous_run_id: int | None, nu
             ranges[str(attribute)] = (-bound, bound)
         deltas: dict[str, Histogram] = {}
         if ranges:
-            index, deltas = _binned(store.dialect, h.c.attribute, delta, ranges, HISTOGRAM_BINS)
+            index, deltas = _binned(store.dialect, lambda name: h.c.attribute == name, delta, ranges, HISTOGRAM_BINS)
             binned = (
                 sa.select(h.c.attribute, index.label("bin"), sa.func.count())
                 .where(*where)
@@ -344,9 +435,11 @@ def _ack_key(ack: dict[str, Any]) -> tuple[Any, ...]:
 
 def destination_view(store: AttributeStore, customer_id: str, tables: set[str]) -> dict[str, Any]:
     """What each destination holds for a customer, its acknowledgement log, and its refusals."""
-    a, f, r = s.acknowledgements(customer_id), s.sync_failures, s.sync_runs
-    log = sa.select(a).order_by(a.c.acknowledged_at.desc(), a.c.latest.desc(), a.c.seq.desc())
+    f, r = s.sync_failures, s.sync_runs
     with store.transaction(f"read what destinations hold for customer {customer_id}") as conn:
+        legacy = None if _names(conn).coded else (_legacy(s.destination_acks), _legacy(s.destination_state))
+        a = s.acknowledgements(customer_id, legacy)
+        log = sa.select(a).order_by(a.c.acknowledged_at.desc(), a.c.latest.desc(), a.c.seq.desc())
         acks = [
             {
                 "destination": row.destination,
@@ -565,13 +658,14 @@ def parse_filters(
     return filters, problems
 
 
-def _segment_query(filters: Sequence[Filter], columns: Sequence[AttributeInfo]) -> sa.Select[Any]:
+def _segment_query(names: _Names, filters: Sequence[Filter], columns: Sequence[AttributeInfo]) -> sa.Select[Any]:
     """One row per matching customer: its id and the ``columns`` values (pivoted from the long table)."""
-    v = s.attribute_values
+    v = names.table(s.attribute_values)
+    key = names.key(v)
 
     def pivot(name: str, numeric: bool) -> Any:
         column = v.c.num_value if numeric else v.c.text_value
-        return sa.func.max(sa.case((v.c.attribute == name, column)))
+        return sa.func.max(sa.case((names.is_(key, name), column)))
 
     compare = {
         ">=": lambda c, x: c >= x,
@@ -586,14 +680,14 @@ def _segment_query(filters: Sequence[Filter], columns: Sequence[AttributeInfo]) 
     having = [compare[f.op](pivot(f.attribute, isinstance(f.value, float)), f.value) for f in filters]
     query = sa.select(v.c.customer_id, *(pivot(c.name, numeric[c.name]).label(c.name) for c in columns))
     if filters and not columns:  # a count reads only the filtered attributes' rows
-        query = query.where(v.c.attribute.in_(sorted({f.attribute for f in filters})))
+        query = query.where(names.in_(key, [f.attribute for f in filters]))
     return query.group_by(v.c.customer_id).having(sa.and_(sa.true(), *having))
 
 
 def segment_count(store: AttributeStore, filters: Sequence[Filter]) -> int:
     """How many customers match every filter."""
-    query = _segment_query(filters, []).subquery("segment")
     with store.transaction("count a segment") as conn:
+        query = _segment_query(_names(conn), filters, []).subquery("segment")
         return int(conn.execute(sa.select(sa.func.count()).select_from(query)).scalar_one())
 
 
@@ -601,9 +695,9 @@ def segment_preview(
     store: AttributeStore, filters: Sequence[Filter], columns: Sequence[AttributeInfo], *, limit: int = PREVIEW_ROWS
 ) -> list[dict[str, Any]]:
     """The first matching customers (by id) with their current values."""
-    v = s.attribute_values
-    query = _segment_query(filters, columns).order_by(v.c.customer_id).limit(limit)
     with store.transaction("preview a segment") as conn:
+        query = _segment_query(_names(conn), filters, columns)
+        query = query.order_by(query.selected_columns.customer_id).limit(limit)
         return [dict(row._mapping) for row in conn.execute(query)]
 
 
@@ -611,9 +705,9 @@ def segment_rows(
     store: AttributeStore, filters: Sequence[Filter], columns: Sequence[AttributeInfo], *, chunk: int = 10_000
 ) -> Iterator[list[tuple[Any, ...]]]:
     """Every matching customer with its values, streamed in chunks (for the CSV export)."""
-    v = s.attribute_values
-    query = _segment_query(filters, columns).order_by(v.c.customer_id)
     with store.transaction("export a segment") as conn:
+        query = _segment_query(_names(conn), filters, columns)
+        query = query.order_by(query.selected_columns.customer_id)
         result = conn.execution_options(yield_per=chunk).execute(query)
         while rows := result.fetchmany(chunk):
             yield [tuple(row) for row in rows]
