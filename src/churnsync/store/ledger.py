@@ -294,9 +294,9 @@ def sample_acknowledged(store: AttributeStore, destination: str, size: int, seed
 
         chosen = sorted(random.Random(seed).sample(ids, min(size, len(ids))))
         state: dict[str, dict[str, Value]] = {c: {} for c in chosen}
+        named = s.named(d)
         for start in range(0, len(chosen), 500):
             part = chosen[start : start + 500]
-            named = s.named(d)
             rows = conn.execute(
                 sa.select(named.c.customer_id, named.c.attribute, named.c.num_value, named.c.text_value).where(
                     named.c.destination == destination, named.c.customer_id.in_(part)

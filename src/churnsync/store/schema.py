@@ -435,8 +435,8 @@ selection_pending = sa.Table(
 
 #: Every attribute name the store has seen, and its code. The four high-volume tables keep the code (a 2-byte
 #: ``attribute_id``) instead of the name in every row and key: at 10M customers × 8 attributes the names took about
-#: a quarter of the current values, the acknowledged state and their keys. A write gives each new name the next code
-#: (it holds the change counter's lock); codes are never reused or renumbered. No foreign keys, as for the run ids.
+#: a quarter of the current values, the acknowledged state and their keys. A write or an acknowledgement gives each new
+#: name the next code (under the run lock); codes are never reused or renumbered. No foreign keys, as for the run ids.
 attributes = sa.Table(
     "attributes",
     metadata,
@@ -450,16 +450,19 @@ attributes = sa.Table(
 MAX_ATTRIBUTE_ID = 32767
 
 
-def attribute_key(table: sa.FromClause) -> str:
-    """The column of ``table`` that says which attribute a row is of: ``attribute_id``, or before revision 0010 (a
-    table as the dashboard reads an older store) ``attribute``, the name itself."""
-    return "attribute_id" if "attribute_id" in table.c else "attribute"
+def attribute_key(columns: sa.FromClause | Any) -> str:
+    """The column of a table (or of a query's ``selected_columns``) that says which attribute a row is of:
+    ``attribute_id``, or before revision 0010 (a table as the dashboard reads an older store) ``attribute``, the name
+    itself."""
+    found = columns.c if isinstance(columns, sa.FromClause) else columns
+    return "attribute_id" if "attribute_id" in found else "attribute"
 
 
 def by_name(query: sa.CompoundSelect[Any] | sa.Select[Any], name: str) -> sa.Subquery:
     """``query`` as a subquery with the attribute's name as ``attribute`` (:func:`named`, where it has codes)."""
-    rows = query.subquery(f"{name}_rows")
-    return named(rows, name) if attribute_key(rows) == "attribute_id" else query.subquery(name)
+    if attribute_key(query.selected_columns) == "attribute":
+        return query.subquery(name)
+    return named(query.subquery(f"{name}_rows"), name)
 
 
 def named(table: sa.FromClause, name: str | None = None) -> sa.Subquery:

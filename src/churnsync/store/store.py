@@ -2571,7 +2571,6 @@ class AttributeStore:
                 conn.execution_options(churnsync_write=False)
                 with conn.begin():
                     driver: Any = conn.connection.driver_connection
-                    names = _AttributeNames(self._engine, self._attribute_names(conn))
                     if self._dialect == "postgresql":
                         self._tune_bulk_transaction(conn)
                         if streamed is None:
@@ -2581,6 +2580,7 @@ class AttributeStore:
                             ).order_by(sel.c.customer_id, sel.c.attribute_id)
                         else:
                             self._merge_in_key_order(conn)
+                        names = _AttributeNames(self._engine, self._attribute_names(conn))
                         yield from self._stream_documents(conn, driver, streamed, chunk_size, names)
                         return
                     # The driver's own cursor, without SQLAlchemy's per-row work.
@@ -2592,6 +2592,7 @@ class AttributeStore:
                             )
                             yield from self._load_documents(cursor, chunk_size)
                         else:
+                            names = _AttributeNames(self._engine, self._attribute_names(conn))
                             cursor.execute(
                                 "SELECT customer_id, attribute_id, num_value, text_value "
                                 f"FROM {temp}.churnsync_selected ORDER BY customer_id, attribute_id"
