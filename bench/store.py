@@ -12,6 +12,10 @@ For N customers × 8 attributes (6 numbers, 2 strings) with the default attribut
 4. the destination acknowledges run 2's changes (bulk SQL), and run 3 changes another 5 %: write, then select, the
    steady state.
 
+With ``--cold``, "a day later" ends with the store's files dropped from the OS page cache, as on a server whose
+memory served other work between two daily runs: runs 2 and 3 then read from disk what they need at every size,
+where without it a 1M store is still whole in memory and a 10M one only in part.
+
 Each selection is checked to be exactly the changed customers. The generated predictions are streamed to the store
 in chunks (``write_predictions`` takes an iterable of tables), so this process holds one chunk at a time and its peak
 RSS is that of the store's own work (the whole of ``churnsync run``'s store side).
@@ -25,12 +29,14 @@ The default size is small so ``make bench`` stays quick; docs/benchmarks.md has 
 
     python bench/store.py --customers 1000000 --engine both
     python bench/store.py --customers 10000000 --engine postgresql
+    python bench/store.py --customers 10000000 --engine postgresql --cold
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -320,6 +326,62 @@ def a_day_later(url: str) -> None:
     print(f"    autovacuum would have: {', '.join(done) or 'nothing to vacuum'}; checkpoint", flush=True)
 
 
+#: A file of a PostgreSQL relation: its main fork's segments (``16384``, ``16384.1`` …) and its other forks.
+_RELATION_FILE = re.compile(r"^(?P<node>\d+)(\.\d+|_fsm|_vm|_init)?$")
+
+
+def store_files(store: AttributeStore, url: str) -> list[Path]:
+    """The files that hold the store: SQLite's database with its WAL; on PostgreSQL, every relation of the store's
+    schema (tables, keys, indexes, sequences, and the TOAST tables and their keys) with all their segments and forks,
+    found in the server's data directory (so only on the server's host, as its user or root)."""
+    if store.dialect == "sqlite":
+        path = Path(url.removeprefix("sqlite:///"))
+        return [f for f in (path, path.with_name(path.name + "-wal")) if f.exists()]
+    with store.transaction("find the store's files (benchmark)") as conn:
+        rows = conn.execute(
+            sa.text(
+                "WITH mine AS (SELECT oid, reltoastrelid FROM pg_class "
+                "WHERE relnamespace = current_schema()::regnamespace) "
+                "SELECT current_setting('data_directory'), pg_relation_filepath(c.oid) FROM pg_class c "
+                "WHERE c.oid IN (SELECT oid FROM mine) OR c.oid IN (SELECT reltoastrelid FROM mine) "
+                "OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid IN (SELECT reltoastrelid FROM mine))"
+            )
+        ).all()
+    files = []
+    for data_dir, relative in rows:
+        if relative is None:  # no storage of its own (a view, a partitioned table)
+            continue
+        main = Path(data_dir) / relative
+        try:
+            siblings = list(main.parent.iterdir())
+        except PermissionError:
+            raise SystemExit(
+                f"--cold: cannot read the PostgreSQL data directory {data_dir}: run the benchmark on the server's host "
+                "as the server's user or root"
+            ) from None
+        files += [f for f in siblings if (m := _RELATION_FILE.match(f.name)) and m["node"] == main.name]
+    return files
+
+
+def drop_page_cache(store: AttributeStore, url: str) -> None:
+    """The next day's run starts with the store out of memory: each of the store's files is written back (fsync) and
+    dropped from the OS page cache (``posix_fadvise`` DONTNEED), as on a server whose memory served other work
+    since the last run. At every size the run then reads from disk what it needs, instead of finding a 1M store
+    whole in the page cache and only part of a 10M one. On PostgreSQL the server's own ``shared_buffers`` keep what
+    they hold (128 MB at the defaults)."""
+    files = store_files(store, url)
+    held = 0
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            held += os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+    print(f"    dropped {len(files)} files of the store ({held / 1e9:.2f} GB) from the OS page cache", flush=True)
+
+
 #: The tables whose size the benchmark prints (with their keys and indexes), and the whole store.
 SIZED = ("attribute_values", "destination_state", "customers", "attribute_history", "destination_acks")
 
@@ -346,8 +408,25 @@ def store_size(store: AttributeStore, url: str) -> str:
     return f"{sum(sizes.values()) / gb:.2f} GB in all, with keys and indexes ({parts})"
 
 
+def day_later(store: AttributeStore, url: str, results: dict[str, float], *, cold: bool) -> None:
+    """Between a sync and the next run (untimed for the runs): on PostgreSQL the server's upkeep; with ``cold``
+    (``--cold``) the store's files then leave the OS page cache."""
+    if store.dialect == "postgresql":
+        timed("a day later (autovacuum, checkpoint)", lambda: a_day_later(url), results)
+    if cold:
+        timed("a day later (page cache dropped)", lambda: drop_page_cache(store, url), results)
+
+
 def bench(
-    engine: str, n: int, seed: int, share: float, runs: int, *, write_only: bool = False, wal_compression: bool = True
+    engine: str,
+    n: int,
+    seed: int,
+    share: float,
+    runs: int,
+    *,
+    write_only: bool = False,
+    wal_compression: bool = True,
+    cold: bool = False,
 ) -> dict[str, float]:
     global WAL
     results: dict[str, float] = {}
@@ -380,8 +459,7 @@ def bench(
             total = results["run 1: write (all new)"] + results["run 1: select (everyone)"]
             print(f"  run 1 write + select (first load): {total:.2f} s; selection = exactly the {n:,} customers")
             timed("acknowledge all (bulk SQL)", lambda: acknowledge(store, None), results)
-            if engine == "postgresql":
-                timed("a day later (autovacuum, checkpoint)", lambda: a_day_later(url), results)
+            day_later(store, url, results, cold=cold)
             for run in range(2, runs + 1):
                 expected = changed_count(n, seed, run, share)
                 label = f"run {run}: write ({share:.0%} changed)"
@@ -394,8 +472,7 @@ def bench(
                 print(f"  run {run} write + select: {total:.2f} s; selection = exactly the {expected:,} changed")
                 if run < runs:
                     timed(f"acknowledge run {run} (bulk SQL)", lambda r=prediction_run: acknowledge(store, r), results)
-                    if engine == "postgresql":
-                        timed("a day later (autovacuum, checkpoint)", lambda: a_day_later(url), results)
+                    day_later(store, url, results, cold=cold)
             print(f"  store size: {store_size(store, url)}", flush=True)
         print(f"  peak RSS of this process: {peak_rss_mib():.0f} MiB", flush=True)
     finally:
@@ -425,6 +502,12 @@ def main() -> None:
         action="store_true",
         help="PostgreSQL: the store's sessions keep wal_compression off (by default they compress, where allowed).",
     )
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="Before runs 2 and 3, drop the store's files from the OS page cache (needs the database files: SQLite's, "
+        "or the PostgreSQL server's data directory on this host).",
+    )
     args = parser.parse_args()
     engines = ["sqlite", "postgresql"] if args.engine == "both" else [args.engine]
     global PROBE
@@ -438,6 +521,7 @@ def main() -> None:
                 args.runs,
                 write_only=args.write_only,
                 wal_compression=not args.no_wal_compression,
+                cold=args.cold,
             )
 
 
