@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 import sqlalchemy as sa
 
 from bench_modules import load_bench
@@ -31,6 +32,15 @@ def _resident_pages(path: Path) -> int:
         return sum(v & 1 for v in vector)
 
 
+def _files(store: AttributeStore, store_url: str) -> list[Path]:
+    """The store's files as the benchmark finds them; on PostgreSQL only where this process may read the server's
+    data directory (the server's host, as its user or root: CI runs so), as ``--cold`` itself requires."""
+    try:
+        return list(bench.store_files(store, store_url))
+    except SystemExit as exc:
+        pytest.skip(str(exc))
+
+
 def _write(store: AttributeStore, customers: int) -> None:
     run = store.start_prediction_run(as_of=store._now(), horizon_days=30, model_version="t", details={})
     ids = [f"c{i}" for i in range(customers)]
@@ -49,7 +59,7 @@ def _write(store: AttributeStore, customers: int) -> None:
 
 def test_the_cold_benchmark_finds_every_file_of_the_store(store: AttributeStore, store_url: str) -> None:
     _write(store, 2_000)
-    files = bench.store_files(store, store_url)
+    files = _files(store, store_url)
     assert files, "no file found"
     assert len(set(files)) == len(files)
     on_disk = sum(f.stat().st_size for f in files)
@@ -79,7 +89,7 @@ def test_the_cold_benchmark_finds_every_file_of_the_store(store: AttributeStore,
 
 def test_the_cold_benchmark_drops_the_store_from_the_page_cache(store: AttributeStore, store_url: str) -> None:
     _write(store, 2_000)
-    files = bench.store_files(store, store_url)
+    files = _files(store, store_url)
     for path in files:
         path.read_bytes()  # now in the page cache
     assert sum(_resident_pages(f) for f in files) > 0
