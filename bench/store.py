@@ -347,19 +347,23 @@ def store_files(store: AttributeStore, url: str) -> list[Path]:
                 "OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid IN (SELECT reltoastrelid FROM mine))"
             )
         ).all()
-    files = []
+    # Relations without storage of their own (a view, a partitioned table) have no path. Each directory (one per
+    # database and tablespace) is listed once, for all the store's relations in it.
+    nodes: dict[Path, set[str]] = {}
     for data_dir, relative in rows:
-        if relative is None:  # no storage of its own (a view, a partitioned table)
-            continue
-        main = Path(data_dir) / relative
+        if relative is not None:
+            main = Path(data_dir) / relative
+            nodes.setdefault(main.parent, set()).add(main.name)
+    files = []
+    for directory, names in nodes.items():
         try:
-            siblings = list(main.parent.iterdir())
+            entries = list(directory.iterdir())
         except PermissionError:
             raise SystemExit(
-                f"--cold: cannot read the PostgreSQL data directory {data_dir}: run the benchmark on the server's host "
-                "as the server's user or root"
+                f"--cold: cannot read the PostgreSQL data directory {rows[0][0]}: run the benchmark on the server's "
+                "host as the server's user or root"
             ) from None
-        files += [f for f in siblings if (m := _RELATION_FILE.match(f.name)) and m["node"] == main.name]
+        files += [f for f in entries if (m := _RELATION_FILE.match(f.name)) and m["node"] in names]
     return files
 
 
@@ -408,7 +412,7 @@ def store_size(store: AttributeStore, url: str) -> str:
     return f"{sum(sizes.values()) / gb:.2f} GB in all, with keys and indexes ({parts})"
 
 
-def day_later(store: AttributeStore, url: str, results: dict[str, float], *, cold: bool) -> None:
+def between_runs(store: AttributeStore, url: str, results: dict[str, float], *, cold: bool) -> None:
     """Between a sync and the next run (untimed for the runs): on PostgreSQL the server's upkeep; with ``cold``
     (``--cold``) the store's files then leave the OS page cache."""
     if store.dialect == "postgresql":
@@ -459,7 +463,7 @@ def bench(
             total = results["run 1: write (all new)"] + results["run 1: select (everyone)"]
             print(f"  run 1 write + select (first load): {total:.2f} s; selection = exactly the {n:,} customers")
             timed("acknowledge all (bulk SQL)", lambda: acknowledge(store, None), results)
-            day_later(store, url, results, cold=cold)
+            between_runs(store, url, results, cold=cold)
             for run in range(2, runs + 1):
                 expected = changed_count(n, seed, run, share)
                 label = f"run {run}: write ({share:.0%} changed)"
@@ -472,7 +476,7 @@ def bench(
                 print(f"  run {run} write + select: {total:.2f} s; selection = exactly the {expected:,} changed")
                 if run < runs:
                     timed(f"acknowledge run {run} (bulk SQL)", lambda r=prediction_run: acknowledge(store, r), results)
-                    day_later(store, url, results, cold=cold)
+                    between_runs(store, url, results, cold=cold)
             print(f"  store size: {store_size(store, url)}", flush=True)
         print(f"  peak RSS of this process: {peak_rss_mib():.0f} MiB", flush=True)
     finally:

@@ -36,7 +36,7 @@ def _files(store: AttributeStore, store_url: str) -> list[Path]:
     """The store's files as the benchmark finds them; on PostgreSQL only where this process may read the server's
     data directory (the server's host, as its user or root: CI runs so), as ``--cold`` itself requires."""
     try:
-        return list(bench.store_files(store, store_url))
+        return bench.store_files(store, store_url)
     except SystemExit as exc:
         pytest.skip(str(exc))
 
